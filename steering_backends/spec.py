@@ -1,0 +1,200 @@
+"""The steering spec: where, what, how much and at which positions.
+
+Every backend in this package implements exactly the arithmetic written here;
+a backend only decides *where* to intercept the model. Copy this file together
+with one backend file.
+
+    spec = SteeringSpec(layer=6, site="resid_pre", vector=love - hate, coeff=5.0)
+    plan = SteeringPlan([spec], n_layers=48, d_model=1600)   # validates
+    # at the decoder's call:      plan.record_call(args, kwargs)
+    # at a site's activation:     hidden = plan.steer(layer, site, hidden)
+
+Contents:
+    SITES          the four intercept points, in the order a block computes them
+    SteeringSpec   one addition (frozen dataclass, validated on construction)
+    SteeringPlan   validated specs for one model, plus the positions of the call in flight
+    token_positions  padding- and cache-aware position of every token in a call
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+__all__ = ["SITES", "SteeringSpec", "SteeringPlan", "token_positions"]
+
+# TransformerLens's vocabulary: blocks.{layer}.hook_{site}.
+SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value
+class SteeringSpec:
+    """Add ``coeff * vector`` to the activations at one site of one block.
+
+    layer:  block index; negative counts from the end (-1 is the last block).
+    site:   "resid_pre" (block input), "resid_post" (block output),
+            "attn_out" / "mlp_out" (sublayer output, before it joins the stream).
+    vector: [d_model] one direction, added at every position >= start; or
+            [n, d_model] per-position activations, row i added at position start + i only.
+    coeff:  scale.
+    start:  first steered position; positions count from each row's first real token.
+    """
+
+    layer: int
+    site: str
+    vector: torch.Tensor
+    coeff: float = 1.0
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool):
+            raise TypeError(f"SteeringSpec.layer must be an int, got {self.layer!r}")
+        if self.site not in SITES:
+            raise ValueError(f"SteeringSpec.site={self.site!r} is unknown; allowed: {', '.join(SITES)}")
+        v = self.vector
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"SteeringSpec.vector must be a torch.Tensor, got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise TypeError(f"SteeringSpec.vector must be floating point, got dtype {v.dtype}")
+        if v.ndim not in (1, 2) or v.numel() == 0:
+            raise ValueError(
+                f"SteeringSpec.vector must be [d_model] or [n, d_model] and non-empty, got shape {tuple(v.shape)}"
+            )
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("SteeringSpec.vector contains NaN or inf; only finite values are allowed")
+        if isinstance(self.coeff, bool) or not isinstance(self.coeff, (int, float)) or not math.isfinite(self.coeff):
+            raise ValueError(f"SteeringSpec.coeff={self.coeff!r} must be a finite real number")
+        if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
+            raise ValueError(f"SteeringSpec.start={self.start!r} must be an int >= 0")
+
+    @property
+    def per_position(self) -> bool:
+        """True for an [n, d_model] ActivationAddition-style vector."""
+        return self.vector.ndim == 2
+
+    def apply(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T]."""
+        # Computed in the vector's own precision, then cast once to the activation's.
+        scaled = (self.coeff * self.vector).to(dtype=hidden.dtype, device=hidden.device)
+        if not self.per_position:
+            steered = positions >= self.start  # [B, T]; padding has position -1
+            return torch.where(steered.unsqueeze(-1), hidden + scaled, hidden)
+        row = positions - self.start  # [B, T]: which row of the vector lands here
+        steered = (row >= 0) & (row < scaled.shape[0])
+        rows = scaled[row.clamp(0, scaled.shape[0] - 1)]  # [B, T, D]
+        return torch.where(steered.unsqueeze(-1), hidden + rows, hidden)
+
+
+def token_positions(
+    n_new: int,
+    batch: int,
+    attention_mask: torch.Tensor | None = None,
+    n_past: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Position of each of the ``n_new`` tokens of a call, counted from its row's first real token.
+
+    attention_mask: [B, n_past + n_new] (1 = real token), as HF passes it, covering the
+    KV cache too, so positions stay right across decoding steps. Padding gets -1.
+    Without a mask every token is real and positions continue after ``n_past``.
+    Returns [B, n_new] int64.
+    """
+    if attention_mask is None:
+        return (torch.arange(n_new, device=device) + n_past).expand(batch, n_new)
+    real = attention_mask[:, -n_new:].bool()
+    counted = attention_mask.long().cumsum(-1)[:, -n_new:] - 1
+    return torch.where(real, counted, -1)
+
+
+def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.Tensor | None, int, torch.device]:
+    """(batch, n_new, attention_mask, n_past, device) from a HF decoder call (GPT2Model, LlamaModel...)."""
+    if len(args) > 1:
+        raise TypeError("steering needs the decoder's attention_mask and past_key_values as keyword arguments")
+    ids = args[0] if args else kwargs.get("input_ids")
+    tokens = ids if ids is not None else kwargs.get("inputs_embeds")
+    if tokens is None:
+        raise ValueError("the decoder call has neither input_ids nor inputs_embeds")
+    batch, n_new = tokens.shape[0], tokens.shape[1]
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        if mask.ndim != 2:
+            raise ValueError(f"steering needs a 2-D attention_mask [batch, seq]; got shape {tuple(mask.shape)}")
+        return batch, n_new, mask, mask.shape[1] - n_new, tokens.device
+    cache = kwargs.get("past_key_values")
+    n_past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    return batch, n_new, None, n_past, tokens.device
+
+
+class SteeringPlan:
+    """Validated specs for one model, and the token positions of the forward call in flight.
+
+    Raises ValueError naming the spec and the allowed values before anything touches
+    the model. ``sites`` restricts the sites a backend can intercept.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[SteeringSpec],
+        n_layers: int,
+        d_model: int,
+        sites: Sequence[str] = SITES,
+    ) -> None:
+        specs = list(specs)
+        self.by_site: dict[tuple[int, str], list[SteeringSpec]] = {}
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, SteeringSpec):
+                raise TypeError(f"specs[{i}] must be a SteeringSpec, got {type(spec).__name__}")
+            if not -n_layers <= spec.layer < n_layers:
+                raise ValueError(
+                    f"specs[{i}].layer={spec.layer} is out of range; this model has {n_layers} blocks, "
+                    f"so layer must be in [{-n_layers}, {n_layers - 1}]"
+                )
+            if spec.site not in sites:
+                raise ValueError(f"specs[{i}].site={spec.site!r} is not supported here; allowed: {', '.join(sites)}")
+            if spec.vector.shape[-1] != d_model:
+                raise ValueError(
+                    f"specs[{i}].vector has width {spec.vector.shape[-1]}, but this model's d_model is {d_model}"
+                )
+            self.by_site.setdefault((spec.layer % n_layers, spec.site), []).append(spec)
+        self.specs = specs
+        self.positions: torch.Tensor | None = None  # [B, T] of the call in flight
+
+    @property
+    def sites(self) -> list[tuple[int, str]]:
+        """(layer >= 0, site) pairs to intercept, in block then site order."""
+        return sorted(self.by_site, key=lambda key: (key[0], SITES.index(key[1])))
+
+    def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Read the positions of a decoder call; check prompt length for [n, d_model] vectors."""
+        batch, n_new, mask, n_past, device = _call_inputs(args, kwargs)
+        self.positions = token_positions(n_new, batch, mask, n_past, device)
+        if n_past == 0:
+            self._check_prompt_length(n_new if mask is None else mask.sum(-1))
+
+    def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
+        shortest = int(n_real.min()) if isinstance(n_real, torch.Tensor) else n_real
+        for i, spec in enumerate(self.specs):
+            needed = spec.start + spec.vector.shape[0]
+            if spec.per_position and shortest < needed:
+                raise ValueError(
+                    f"specs[{i}] adds {spec.vector.shape[0]} rows from position {spec.start}, so every prompt needs "
+                    f"at least {needed} tokens; the shortest prompt here has {shortest}"
+                )
+
+    def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, D] plus every spec at (layer, site), summed in the order given."""
+        if self.positions is None:
+            raise RuntimeError("a steered site ran before the decoder call was recorded")
+        for spec in self.by_site.get((layer, site), ()):
+            hidden = spec.apply(hidden, self.positions)
+        return hidden
+
+    def steer_output(self, layer: int, site: str, output: Any) -> Any:
+        """Like steer(), for a module output that is a tensor (transformers 5 blocks) or a
+        tuple whose first element is the hidden state (attention, transformers 4 blocks)."""
+        if isinstance(output, tuple):
+            return (self.steer(layer, site, output[0]), *output[1:])
+        return self.steer(layer, site, output)

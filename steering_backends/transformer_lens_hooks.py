@@ -1,0 +1,68 @@
+"""Steering with TransformerLens 4 hook points on a ``TransformerBridge``. Copy this file, spec.py and layout.py.
+
+    bridge = bridge_from_hf(hf_model, tokenizer)      # no hub call
+    with steer(bridge, [SteeringSpec(layer=6, site="resid_pre", vector=v, coeff=5.0)]):
+        logits = bridge(input_ids, attention_mask=mask)
+
+Our site names are TransformerLens's own: (layer, site) -> ``blocks.{layer}.hook_{site}``.
+TransformerLens hook functions see only the activation, not the attention mask, so
+one plain PyTorch pre-hook on the wrapped HF decoder records token positions.
+
+Gotchas:
+    * The bridge takes over the HF model it wraps: its blocks are replaced by bridge
+      components. ``bridge_from_hf`` therefore works on a deep copy unless told not to.
+    * ``bridge("some text")`` prepends BOS by default; HF's GPT-2 tokenizer does not.
+      Pass token ids, tokenized once, to compare with other backends.
+    * ``bridge.hooks(...)`` resets *every* hook on exit, which would break nested
+      steering; we add and remove only our own handles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from .layout import get_module, layout_of
+from .spec import SteeringPlan, SteeringSpec
+
+__all__ = ["steer", "bridge_from_hf"]
+
+
+def bridge_from_hf(model: torch.nn.Module, tokenizer: Any, copy_model: bool = True) -> Any:
+    """A TransformerBridge around an already loaded HF causal LM, with no hub call.
+
+    With ``copy_model=False`` the bridge takes over ``model`` itself (saves memory;
+    ``model`` must not be used on its own afterwards).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = copy.deepcopy(model) if copy_model else model
+    return TransformerBridge.boot_transformers(
+        model.config.name_or_path or type(model).__name__, hf_model=model, tokenizer=tokenizer, dtype=model.dtype
+    )
+
+
+@contextlib.contextmanager
+def steer(bridge: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
+    """Steer a TransformerBridge inside the block; our hooks are removed on exit, even on error."""
+    plan = SteeringPlan(specs, bridge.cfg.n_layers, bridge.cfg.d_model)
+    decoder = get_module(bridge.original_model, layout_of(bridge.original_model).decoder)
+    hook_points = [(bridge.hook_dict[f"blocks.{layer}.hook_{site}"], layer, site) for layer, site in plan.sites]
+
+    with contextlib.ExitStack() as stack:
+        handle = decoder.register_forward_pre_hook(lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True)
+        stack.callback(handle.remove)
+        for hook_point, layer, site in hook_points:
+            # activation: [batch, pos, d_model]. A new tensor, not an in-place add:
+            # the original may be saved for backward or read elsewhere.
+            lens_handle = hook_point.add_hook(lambda activation, hook, layer=layer, site=site: plan.steer(layer, site, activation))
+            stack.callback(_remove, hook_point, lens_handle)
+        yield bridge
+
+
+def _remove(hook_point: Any, lens_handle: Any) -> None:
+    hook_point.fwd_hooks.remove(lens_handle)
+    lens_handle.hook.remove()
