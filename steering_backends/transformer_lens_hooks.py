@@ -53,12 +53,16 @@ def steer(bridge: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[to
     hook_points = [(bridge.hook_dict[f"blocks.{layer}.hook_{site}"], layer, site) for layer, site in plan.sites]
 
     with contextlib.ExitStack() as stack:
-        handle = decoder.register_forward_pre_hook(lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True)
+        handle = decoder.register_forward_pre_hook(
+            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+        )
         stack.callback(handle.remove)
         for hook_point, layer, site in hook_points:
             # activation: [batch, pos, d_model]. A new tensor, not an in-place add:
             # the original may be saved for backward or read elsewhere.
-            lens_handle = hook_point.add_hook(lambda activation, hook, layer=layer, site=site: plan.steer(layer, site, activation))
+            lens_handle = hook_point.add_hook(
+                lambda activation, hook, layer=layer, site=site: plan.steer(layer, site, activation)
+            )
             stack.callback(_remove, hook_point, lens_handle)
         yield bridge
 

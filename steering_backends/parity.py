@@ -1,0 +1,248 @@
+"""Run every backend on the same token ids and compare: logits, greedy tokens, padded batches.
+
+    runners, skipped = make_runners(model, tokenizer)
+    table = logit_parity(runners, parity_cases(n_layers, d_model), ids, mask)
+    print(format_table(table))
+
+The reference is ``pytorch_hooks``. Logits are compared on real (non-padding)
+tokens only: what a model writes at a padding position is never read.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import BACKENDS, backend
+from .spec import SteeringSpec
+
+__all__ = [
+    "REFERENCE",
+    "TOLERANCES",
+    "Runner",
+    "make_runners",
+    "parity_cases",
+    "supports",
+    "steered_logits",
+    "max_abs_diff",
+    "reference_run",
+    "runner_diffs",
+    "logit_parity",
+    "format_table",
+    "greedy",
+    "residual_rms",
+    "left_pad",
+    "hf_positions",
+]
+
+REFERENCE = "pytorch_hooks"
+
+# Max |Δlogit| allowed against the reference, in float32 on CPU. The hook backends run the
+# same ops on the same tensors, so they must be bitwise equal. The other two reorder float
+# additions: TransformerLens recomputes attention its own way, and bias editing computes
+# x@W + (b + v) instead of (x@W + b) + v. Measured maxima over all parity cases, on the
+# tiny / GPT-2 small / GPT-2-XL shapes: TransformerLens 3.0e-7 / 2.3e-6 / 4.4e-6, bias
+# editing 4.2e-7 / 1.7e-6 / 2.8e-6. 5e-5 leaves >10x headroom over the largest.
+TOLERANCES = {
+    "custom_wrapper": 0.0,
+    "pytorch_hooks": 0.0,
+    "baukit_tracedict": 0.0,
+    "transformer_lens_hooks": 5e-5,
+    "bias_editing": 5e-5,
+}
+
+
+def left_pad(tokenizer: Any, prompts: list[str], pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize (no BOS added) and left-pad: (input_ids [B, T], attention_mask [B, T])."""
+    rows = [tokenizer(p)["input_ids"] for p in prompts]
+    pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def hf_positions(mask: torch.Tensor) -> torch.Tensor:
+    """position_ids that make a left-padded row match the same prompt run alone."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Runner:
+    """One backend bound to the model object it steers (a HF model, or a bridge).
+
+    ``build`` makes that object on first use, so a bridge that takes over the HF
+    model is only built once the other backends are done with it.
+    """
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    steer: Callable
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        return self.build()
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.name == "transformer_lens_hooks"
+
+    def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, vocab] float32 logits of one forward pass."""
+        if self.is_bridge:  # the bridge derives padding-aware positions from the mask itself
+            return self.model(ids, attention_mask=mask).float()
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits.float()
+
+    def generate(self, ids: torch.Tensor, mask: torch.Tensor, n_new: int) -> torch.Tensor:
+        """Greedy decoding with the KV cache; [B, T + n_new] token ids."""
+        if self.is_bridge:
+            return self.model.generate(
+                ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, stop_at_eos=False, verbose=False
+            )
+        return self.model.generate(
+            ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new, pad_token_id=0
+        )
+
+
+def make_runners(
+    model: torch.nn.Module, tokenizer: Any, copy_for_bridge: bool = True
+) -> tuple[list[Runner], dict[str, str]]:
+    """A Runner per importable backend, the bridge last, and {backend: why it was skipped}.
+
+    The TransformerLens bridge takes over the model it wraps; with ``copy_for_bridge=False``
+    it takes over ``model`` itself (no second copy in memory), so use its runner last.
+    """
+    runners, skipped = [], {}
+    for name in BACKENDS:
+        try:
+            module = backend(name)
+        except ImportError as err:
+            skipped[name] = f"cannot import it: {err}"
+            continue
+        if name == "transformer_lens_hooks":
+            build = functools.partial(module.bridge_from_hf, model, tokenizer, copy_model=copy_for_bridge)
+        else:
+            build = lambda: model  # noqa: E731  (the HF model itself)
+        runners.append(Runner(name, build, module.steer))
+    runners.sort(key=lambda runner: runner.is_bridge)
+    return runners, skipped
+
+
+def residual_rms(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> float:
+    """Root-mean-square of one residual-stream coordinate, over real tokens and all layers.
+
+    ``hidden_states[0]`` is block 0's input and ``hidden_states[L + 1]`` block L's output.
+    """
+    out = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)
+    real = mask.bool()
+    return torch.stack([h[real].float().pow(2).mean() for h in out.hidden_states]).mean().sqrt().item()
+
+
+def parity_cases(n_layers: int, d_model: int, seed: int = 0, scale: float = 1.0) -> dict[str, list[SteeringSpec]]:
+    """Named spec lists covering every site, 1-D/2-D vectors, start > 0, several specs,
+    layer 0 / middle / last / negative. Vectors are seeded N(0, scale^2) draws; with
+    ``scale = residual_rms(...) / 4`` and coeff 4 an addition is as large as the stream."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def vec(*shape: int) -> torch.Tensor:
+        return scale * torch.randn(*shape, d_model, generator=gen)
+
+    mid, last = n_layers // 2, n_layers - 1
+    return {
+        "resid_pre L0": [SteeringSpec(0, "resid_pre", vec(), 4.0)],
+        "resid_pre mid": [SteeringSpec(mid, "resid_pre", vec(), 4.0)],
+        "attn_out mid": [SteeringSpec(mid, "attn_out", vec(), 4.0)],
+        "mlp_out mid": [SteeringSpec(mid, "mlp_out", vec(), 4.0)],
+        "resid_post last": [SteeringSpec(last, "resid_post", vec(), 4.0)],
+        "resid_pre L=-1": [SteeringSpec(-1, "resid_pre", vec(), -3.0)],
+        "1-D start=2": [SteeringSpec(mid, "resid_pre", vec(), 4.0, start=2)],
+        "2-D 3 rows": [SteeringSpec(mid, "resid_pre", vec(3), 4.0)],
+        "2-D start=1 L0": [SteeringSpec(0, "resid_post", vec(2), 4.0, start=1)],
+        "two sites": [SteeringSpec(0, "attn_out", vec(), 2.0), SteeringSpec(last, "mlp_out", vec(), -2.0)],
+        "two on one site": [SteeringSpec(mid, "mlp_out", vec(), 3.0), SteeringSpec(mid, "mlp_out", vec(), -1.5)],
+        "resid_pre + attn_out, one block": [
+            SteeringSpec(mid, "resid_pre", vec(), 2.0),
+            SteeringSpec(mid, "attn_out", vec(), 2.0),
+        ],
+        "post L + pre L+1": [
+            SteeringSpec(mid - 1, "resid_post", vec(), 2.0),
+            SteeringSpec(mid, "resid_pre", vec(), 2.0),
+        ],
+    }
+
+
+def supports(runner: Runner, specs: list[SteeringSpec]) -> bool:
+    """Bias editing takes only position-independent specs; everything else takes all."""
+    return runner.name != "bias_editing" or all(not s.per_position and s.start == 0 for s in specs)
+
+
+def steered_logits(runner: Runner, specs: list[SteeringSpec], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with runner.steer(runner.model, specs):
+        return runner.logits(ids, mask)
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Max |a - b| over real tokens; a, b: [B, T, V], mask: [B, T]."""
+    real = mask.bool()
+    return (a[real] - b[real]).abs().max().item()
+
+
+def reference_run(
+    runners: list[Runner], cases: dict[str, list[SteeringSpec]], ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float | None]]]:
+    """Through the reference backend: ({case: steered logits}, a parity table whose
+    "effect" column, max |steered - unsteered|, is filled in; it must be > 0)."""
+    reference = next(r for r in runners if r.name == REFERENCE)
+    unsteered = reference.logits(ids, mask)
+    refs = {label: steered_logits(reference, specs, ids, mask) for label, specs in cases.items()}
+    return refs, {label: {"effect": max_abs_diff(ref, unsteered, mask)} for label, ref in refs.items()}
+
+
+def runner_diffs(
+    runner: Runner,
+    cases: dict[str, list[SteeringSpec]],
+    refs: dict[str, torch.Tensor],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> dict[str, float | None]:
+    """{case: max |Δlogit| of this runner vs the reference, or None where unsupported}."""
+    return {
+        label: max_abs_diff(steered_logits(runner, specs, ids, mask), refs[label], mask)
+        if supports(runner, specs)
+        else None
+        for label, specs in cases.items()
+    }
+
+
+def logit_parity(
+    runners: list[Runner], cases: dict[str, list[SteeringSpec]], ids: torch.Tensor, mask: torch.Tensor
+) -> dict[str, dict[str, float | None]]:
+    """{case: {"effect": ..., backend: max |Δlogit| vs the reference, or None where unsupported}}."""
+    refs, table = reference_run(runners, cases, ids, mask)
+    for runner in runners:  # runner by runner: a bridge built last may take over the model
+        for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
+            table[label][runner.name] = diff
+    return table
+
+
+def format_table(table: dict[str, dict[str, float | None]]) -> str:
+    """Markdown: spec case x backend -> max |Δlogit| (n/a where the backend cannot do the case)."""
+    columns = list(next(iter(table.values())))
+    lines = ["| case | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label, row in table.items():
+        cells = ["n/a" if row[c] is None else f"{row[c]:.1e}" if row[c] else "0" for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def greedy(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ids: torch.Tensor, mask: torch.Tensor, n_new: int
+) -> torch.Tensor:
+    """Greedy decoding with no KV cache: the whole sequence is re-run for every new token."""
+    for _ in range(n_new):
+        next_id = logits_fn(ids, mask)[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, next_id], 1), torch.cat([mask, torch.ones_like(next_id)], 1)
+    return ids
