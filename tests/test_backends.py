@@ -1,0 +1,127 @@
+"""Every backend, one by one, on a tiny random GPT-2: effect, invariants, bad input, cleanup."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import BACKEND_PARAMS
+from model_state import assert_unchanged, snapshot
+
+from steering_backends import SteeringSpec, backend
+from steering_backends.layout import LAYOUTS
+from steering_backends.parity import Runner
+
+IDS = torch.tensor([[40, 5465, 345, 780, 345, 389, 523]])  # "I hate you because you are so"
+MASK = torch.ones_like(IDS)
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def runner(request, tiny, tokenizer) -> Runner:
+    module = backend(request.param)
+    target = module.bridge_from_hf(tiny, tokenizer) if request.param == "transformer_lens_hooks" else tiny
+    runner = Runner(request.param, lambda: target, module.steer)
+    runner.logits(IDS, MASK)  # a bridge registers hooks of its own on its first forward
+    return runner
+
+
+def logits_with(runner: Runner, specs) -> torch.Tensor:
+    with runner.steer(runner.model, specs):
+        return runner.logits(IDS, MASK)
+
+
+def vec(seed: int = 0) -> torch.Tensor:
+    return torch.randn(64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out", "resid_post"])
+def test_steering_changes_logits_and_unsteered_output_comes_back(runner, site):
+    before = runner.logits(IDS, MASK)
+    steered = logits_with(runner, [SteeringSpec(1, site, vec(), 4.0)])
+    assert (steered - before).abs().max() > 0.1
+    assert torch.equal(runner.logits(IDS, MASK), before)
+
+
+def test_coeff_zero_and_zero_vector_are_exact_no_ops(runner):
+    before = runner.logits(IDS, MASK)
+    assert torch.equal(logits_with(runner, [SteeringSpec(2, "resid_pre", vec(), 0.0)]), before)
+    assert torch.equal(logits_with(runner, [SteeringSpec(2, "mlp_out", torch.zeros(64), 7.0)]), before)
+
+
+def test_coeff_two_equals_twice_the_vector(runner):
+    v = vec()
+    assert torch.equal(
+        logits_with(runner, [SteeringSpec(1, "attn_out", v, 2.0)]),
+        logits_with(runner, [SteeringSpec(1, "attn_out", 2 * v, 1.0)]),
+    )
+
+
+BAD_SPECS = {
+    "layer out of range": (SteeringSpec(4, "resid_pre", torch.ones(64)), "layer=4"),
+    "negative layer out of range": (SteeringSpec(-5, "resid_pre", torch.ones(64)), "layer=-5"),
+    "wrong width": (SteeringSpec(0, "resid_pre", torch.ones(65)), "width 65"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_bad_spec_raises_before_the_model_is_touched(runner, case):
+    bad, words = BAD_SPECS[case]
+    before = snapshot(runner.model)
+    with pytest.raises(ValueError, match=words):
+        with runner.steer(runner.model, [SteeringSpec(0, "resid_pre", torch.ones(64)), bad]):
+            pytest.fail("the body must not run")
+    assert_unchanged(before, runner.model)
+
+
+def test_model_is_restored_when_the_body_raises(runner):
+    before, unsteered = snapshot(runner.model), runner.logits(IDS, MASK)
+    with pytest.raises(KeyboardInterrupt):
+        with runner.steer(
+            runner.model, [SteeringSpec(1, "resid_post", vec(), 3.0), SteeringSpec(0, "attn_out", vec(1), 3.0)]
+        ):
+            runner.logits(IDS, MASK)
+            raise KeyboardInterrupt
+    assert_unchanged(before, runner.model)
+    assert torch.equal(runner.logits(IDS, MASK), unsteered)
+
+
+def test_rows_longer_than_the_prompt_raise_and_leave_the_model_as_it_was(runner):
+    if runner.name == "bias_editing":
+        pytest.skip("bias editing refuses [n, d_model] vectors before the forward (tested below)")
+    before = snapshot(runner.model)
+    with pytest.raises(ValueError, match="at least 9 tokens"):
+        with runner.steer(runner.model, [SteeringSpec(1, "resid_pre", torch.ones(8, 64), start=1)]):
+            runner.logits(IDS, MASK)  # 7 tokens
+    assert_unchanged(before, runner.model)
+
+
+@pytest.mark.parametrize(
+    "spec", [SteeringSpec(1, "resid_pre", torch.ones(2, 64)), SteeringSpec(1, "resid_pre", torch.ones(64), start=1)]
+)
+def test_bias_editing_refuses_position_dependent_specs(tiny, spec):
+    before = snapshot(tiny)
+    with pytest.raises(ValueError, match="position-dependent.*use a hook backend"):
+        with backend("bias_editing").steer(tiny, [spec]):
+            pass
+    assert_unchanged(before, tiny)
+
+
+@pytest.mark.parametrize("name", ["custom_wrapper", "pytorch_hooks", "bias_editing"])
+def test_unsupported_architecture_lists_the_supported_ones(name):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="not supported; supported model types: gpt2"):
+        with backend(name).steer(model, []):
+            pass
+
+
+def test_bias_editing_refuses_a_site_with_no_bias_to_absorb_it(tiny, monkeypatch):
+    # A model with no learned position table (rotary, like Llama) has nothing to fold resid_pre L0 into.
+    monkeypatch.setitem(LAYOUTS, "gpt2", dataclasses.replace(LAYOUTS["gpt2"], pos_embed=None))
+    before = snapshot(tiny)
+    with pytest.raises(ValueError, match="site='resid_pre' at layer 0 needs a learned position table"):
+        with backend("bias_editing").steer(
+            tiny, [SteeringSpec(1, "attn_out", vec()), SteeringSpec(0, "resid_pre", vec())]
+        ):
+            pass
+    assert_unchanged(before, tiny)
