@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--site", default="resid_pre", choices=SITES)
     parser.add_argument("--coeff", type=float, default=5.0)
     parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--full-parity", action="store_true", help="also run the 12 parity cases of the test suite")
+    parser.add_argument("--full-parity", action="store_true", help="also run the parity cases of the test suite")
     return parser.parse_args(argv)
 
 
