@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     # The bridge takes over the model; it comes last, so no second copy is needed.
     runners, skipped = make_runners(model, tokenizer, copy_for_bridge=False)
     refs, table = reference_run(runners, cases, ids, mask)
-    print(f"{'unsteered':>24}: {tokenizer.decode(runners[0].generate(ids, mask, args.max_new_tokens)[0])!r}")
+    print(f"{'unsteered':>24}: {tokenizer.decode(runners[0].generate(ids, mask, args.max_new_tokens)[0][0])!r}")
     for runner in runners:
         for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
             table[label][runner.name] = diff
         with runner.steer(runner.model, [spec]):
-            print(f"{runner.name:>24}: {tokenizer.decode(runner.generate(ids, mask, args.max_new_tokens)[0])!r}")
+            print(f"{runner.name:>24}: {tokenizer.decode(runner.generate(ids, mask, args.max_new_tokens)[0][0])!r}")
     for name, why in skipped.items():
         print(f"{name:>24}: skipped, {why}")
     print("\nmax |Δlogit| against pytorch_hooks on the prompt (effect: steered vs unsteered)\n")

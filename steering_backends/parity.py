@@ -96,15 +96,17 @@ class Runner:
             return self.model(ids, attention_mask=mask).float()
         return self.model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits.float()
 
-    def generate(self, ids: torch.Tensor, mask: torch.Tensor, n_new: int) -> torch.Tensor:
-        """Greedy decoding with the KV cache; [B, T + n_new] token ids."""
+    def generate(self, ids: torch.Tensor, mask: torch.Tensor, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding with the KV cache, never stopping early: (token ids [B, T + n_new],
+        float32 logits of each step [B, n_new, vocab])."""
         if self.is_bridge:
-            return self.model.generate(
-                ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, stop_at_eos=False, verbose=False
-            )
-        return self.model.generate(
-            ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new, pad_token_id=0
+            kwargs = dict(stop_at_eos=False, verbose=False)
+        else:  # eos_token_id=None: no stop at EOS and, unlike min_new_tokens, no EOS suppression
+            kwargs = dict(eos_token_id=None, return_dict_in_generate=True)
+        out = self.model.generate(
+            ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, output_logits=True, **kwargs
         )
+        return out.sequences, torch.stack(out.logits, 1).float()
 
 
 def make_runners(

@@ -39,20 +39,21 @@ class ParityResults:
     table: dict
     skipped: dict
     tokens: dict = field(default_factory=dict)  # backend -> greedy ids with the KV cache
-    tokens_no_cache: torch.Tensor | None = None  # reference backend, no cache
-    step_logits_gap: float = 0.0  # reference: cached step logits vs one no-cache forward
+    tokens_no_cache: dict = field(default_factory=dict)  # backend -> the reference's no-cache ids it must match
+    step_gap: dict = field(default_factory=dict)  # backend -> max |Δ| cached step logits vs no-cache
     batch_gap: dict = field(default_factory=dict)  # backend -> max |Δ| padded row vs alone
     perturbed: dict = field(default_factory=dict)  # deliberate error -> max |Δ| vs reference
 
 
-def generation_specs(results: ParityResults) -> list[SteeringSpec]:
-    """Position-dependent specs, so a wrong position during decoding changes the tokens."""
-    cases = parity_cases(results.n_layers, results.d_model, seed=1, scale=results.scale)
-    return cases["1-D start=2"] + cases["2-D start=1 L0"]
+def generation_specs(n_layers: int, d_model: int, scale: float, position_dependent: bool) -> list[SteeringSpec]:
+    """Position-dependent specs (start=2, and 2-D rows that must not touch generated tokens)
+    make a wrong position during decoding show; bias editing gets position-independent ones."""
+    cases = parity_cases(n_layers, d_model, seed=1, scale=scale)
+    return cases["1-D start=2"] + cases["2-D start=1 L0"] if position_dependent else cases["two sites"]
 
 
-def batch_specs(runner: Runner, results: ParityResults) -> list[SteeringSpec]:
-    cases = parity_cases(results.n_layers, results.d_model, seed=2, scale=results.scale)
+def batch_specs(runner: Runner, n_layers: int, d_model: int, scale: float) -> list[SteeringSpec]:
+    cases = parity_cases(n_layers, d_model, seed=2, scale=scale)
     specs = cases["2-D 3 rows"] + cases["attn_out mid"]
     return specs if supports(runner, specs) else cases["two sites"]
 
@@ -71,6 +72,14 @@ def perturbations(specs: list[SteeringSpec], n_layers: int) -> dict[str, list[St
     }
 
 
+def greedy_no_cache(runner: Runner, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(greedy ids decoded with no cache [B, T + N_NEW], the logits that chose each new token
+    [B, N_NEW, vocab], from one no-cache forward over the whole sequence)."""
+    tokens = greedy(runner.logits, ids, mask, N_NEW)
+    full_mask = torch.cat([mask, torch.ones(len(ids), N_NEW, dtype=mask.dtype)], 1)
+    return tokens, runner.logits(tokens, full_mask)[:, ids.shape[1] - 1 : -1]
+
+
 def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bool = True) -> ParityResults:
     runners, skipped = make_runners(model, tokenizer, copy_for_bridge=copy_for_bridge)
     ids, mask = left_pad(tokenizer, PROMPTS)
@@ -80,22 +89,11 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
     results = ParityResults(n_layers, d_model, scale, table, skipped)
     reference = next(r for r in runners if r.name == REFERENCE)
 
-    gen_specs = generation_specs(results)
-    with reference.steer(reference.model, gen_specs):
-        results.tokens_no_cache = greedy(reference.logits, ids, mask, N_NEW)
-        out = reference.model.generate(
-            ids,
-            attention_mask=mask,
-            max_new_tokens=N_NEW,
-            min_new_tokens=N_NEW,
-            do_sample=False,
-            pad_token_id=0,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        full_mask = torch.cat([mask, torch.ones(len(PROMPTS), N_NEW, dtype=mask.dtype)], 1)
-        no_cache = reference.logits(out.sequences, full_mask)[:, ids.shape[1] - 1 : -1]
-        results.step_logits_gap = (torch.stack(out.logits, 1) - no_cache).abs().max().item()
+    gen_specs = {kind: generation_specs(n_layers, d_model, scale, kind) for kind in (True, False)}
+    no_cache = {}
+    for kind, specs in gen_specs.items():
+        with reference.steer(reference.model, specs):
+            no_cache[kind] = greedy_no_cache(reference, ids, mask)
 
     base = cases["resid_pre mid"]
     for label, specs in perturbations(base, n_layers).items():
@@ -106,10 +104,12 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
     for runner in runners:  # runner by runner, bridge last: it may take over the model
         for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
             table[label][runner.name] = diff
-        if supports(runner, gen_specs):
-            with runner.steer(runner.model, gen_specs):
-                results.tokens[runner.name] = runner.generate(ids, mask, N_NEW)
-        specs = batch_specs(runner, results)
+        kind = supports(runner, gen_specs[True])
+        with runner.steer(runner.model, gen_specs[kind]):
+            results.tokens[runner.name], steps = runner.generate(ids, mask, N_NEW)
+        results.tokens_no_cache[runner.name], no_cache_steps = no_cache[kind]
+        results.step_gap[runner.name] = (steps - no_cache_steps).abs().max().item()
+        specs = batch_specs(runner, n_layers, d_model, scale)
         with runner.steer(runner.model, specs):
             batch = runner.logits(ids, mask)
             gaps = []
@@ -126,7 +126,9 @@ def report(results: ParityResults, title: str) -> str:
     lines += [f"vector entries ~ N(0, {results.scale:.3g}^2), a quarter of the residual RMS", ""]
     lines += [format_table(results.table), ""]
     lines += [f"- skipped: {name}: {why}" for name, why in results.skipped.items()]
-    lines += [f"- cached vs no-cache step logits (reference): {results.step_logits_gap:.1e}"]
+    lines += [
+        f"- greedy step logits with cache vs no cache, {name}: {gap:.1e}" for name, gap in results.step_gap.items()
+    ]
     lines += [f"- padded batch row vs alone, {name}: {gap:.1e}" for name, gap in results.batch_gap.items()]
     lines += [f"- deliberate error '{label}': {gap:.1e}" for label, gap in results.perturbed.items()]
     return "\n".join(lines)

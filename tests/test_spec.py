@@ -123,3 +123,12 @@ def test_a_prompt_shorter_than_the_rows_is_refused():
         plan.record_call(
             (torch.zeros(2, 4, dtype=torch.long),), {"attention_mask": torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])}
         )
+
+
+def test_tuple_and_bare_tensor_outputs_are_both_steered():
+    plan = SteeringPlan([SteeringSpec(0, "resid_post", torch.ones(D))], n_layers=1, d_model=D)
+    plan.positions = torch.tensor([[0, 1]])
+    hidden, weights = torch.zeros(1, 2, D), torch.rand(1, 2, 2)
+    steered, same_weights = plan.steer_output(0, "resid_post", (hidden, weights))  # transformers 4 blocks
+    assert steered.eq(1).all() and same_weights is weights and hidden.eq(0).all()  # new tensor, input untouched
+    assert plan.steer_output(0, "resid_post", hidden).eq(1).all()  # transformers 5 blocks
