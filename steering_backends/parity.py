@@ -134,10 +134,9 @@ def make_runners(
 
 
 def residual_rms(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> float:
-    """Root-mean-square of one residual-stream coordinate, over real tokens and all layers.
-
-    ``hidden_states[0]`` is block 0's input and ``hidden_states[L + 1]`` block L's output.
-    """
+    """Root-mean-square of one residual-stream coordinate, over real tokens and all layers:
+    a scale for test vectors. (``hidden_states[L]`` is block L's input; HF GPT-2's last
+    entry is taken after the final layer norm.)"""
     out = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)
     real = mask.bool()
     return torch.stack([h[real].float().pow(2).mean() for h in out.hidden_states]).mean().sqrt().item()
