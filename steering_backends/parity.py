@@ -1,7 +1,10 @@
 """Run every backend on the same token ids and compare: logits, greedy tokens, padded batches.
 
     runners, skipped = make_runners(model, tokenizer)
-    table = logit_parity(runners, parity_cases(n_layers, d_model), ids, mask)
+    refs, table = reference_run(runners, cases, ids, mask)     # fills the "effect" column
+    for runner in runners:                                      # one at a time, bridge last
+        for case, diff in runner_diffs(runner, cases, refs, ids, mask).items():
+            table[case][runner.name] = diff
     print(format_table(table))
 
 The reference is ``pytorch_hooks``. Logits are compared on real (non-padding)
@@ -30,7 +33,6 @@ __all__ = [
     "max_abs_diff",
     "reference_run",
     "runner_diffs",
-    "logit_parity",
     "format_table",
     "greedy",
     "residual_rms",
@@ -216,17 +218,6 @@ def runner_diffs(
         else None
         for label, specs in cases.items()
     }
-
-
-def logit_parity(
-    runners: list[Runner], cases: dict[str, list[SteeringSpec]], ids: torch.Tensor, mask: torch.Tensor
-) -> dict[str, dict[str, float | None]]:
-    """{case: {"effect": ..., backend: max |Δlogit| vs the reference, or None where unsupported}}."""
-    refs, table = reference_run(runners, cases, ids, mask)
-    for runner in runners:  # runner by runner: a bridge built last may take over the model
-        for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
-            table[label][runner.name] = diff
-    return table
 
 
 def format_table(table: dict[str, dict[str, float | None]]) -> str:

@@ -35,7 +35,9 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
 
     with contextlib.ExitStack() as stack:
         # Registration happens inside the ExitStack: a failure halfway still removes the first hooks.
-        handle = decoder.register_forward_pre_hook(_recorder(plan), with_kwargs=True)
+        handle = decoder.register_forward_pre_hook(
+            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+        )
         stack.callback(handle.remove)
         for module, layer, site in targets:
             if site == "resid_pre":
@@ -44,13 +46,6 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
                 handle = module.register_forward_hook(_output_editor(plan, layer, site))
             stack.callback(handle.remove)
         yield model
-
-
-def _recorder(plan: SteeringPlan):
-    def hook(module, args, kwargs):
-        plan.record_call(args, kwargs)
-
-    return hook
 
 
 def _input_editor(plan: SteeringPlan, layer: int):

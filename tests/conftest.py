@@ -26,7 +26,7 @@ def _import_error(name: str) -> str | None:
 
 # One pytest param per backend; baukit (not on PyPI) skips with the reason when missing.
 BACKEND_PARAMS = [
-    pytest.param(name, marks=pytest.mark.skip(reason=_import_error(name))) if _import_error(name) else name
+    pytest.param(name, marks=pytest.mark.skip(reason=error)) if (error := _import_error(name)) else name
     for name in BACKENDS
 ]
 
