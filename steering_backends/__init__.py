@@ -12,7 +12,7 @@ from types import ModuleType
 
 from .spec import SITES, SteeringPlan, SteeringSpec
 
-__all__ = ["SITES", "SteeringSpec", "SteeringPlan", "BACKENDS", "backend"]
+__all__ = ["BACKENDS", "SITES", "SteeringPlan", "SteeringSpec", "backend"]
 
 # Module names of the backends; each has steer(model, specs). transformer_lens_hooks takes a bridge.
 BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "transformer_lens_hooks", "bias_editing")

@@ -16,7 +16,7 @@ token positions.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from baukit import TraceDict

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RANDOM_CONFIGS", "HUB_MODELS", "MODEL_NAMES", "cache_dir", "gpt2_tokenizer", "random_gpt2", "load"]
+__all__ = ["HUB_MODELS", "MODEL_NAMES", "RANDOM_CONFIGS", "cache_dir", "gpt2_tokenizer", "load", "random_gpt2"]
 
 # name -> (n_layer, n_embd, n_head); vocabulary and context are GPT-2's (50257, 1024).
 RANDOM_CONFIGS: dict[str, tuple[int, int, int]] = {

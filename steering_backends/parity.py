@@ -14,8 +14,9 @@ tokens only: what a model writes at a padding position is never read.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,18 +27,18 @@ __all__ = [
     "REFERENCE",
     "TOLERANCES",
     "Runner",
-    "make_runners",
-    "parity_cases",
-    "supports",
-    "steered_logits",
-    "max_abs_diff",
-    "reference_run",
-    "runner_diffs",
     "format_table",
     "greedy",
-    "residual_rms",
-    "left_pad",
     "hf_positions",
+    "left_pad",
+    "make_runners",
+    "max_abs_diff",
+    "parity_cases",
+    "reference_run",
+    "residual_rms",
+    "runner_diffs",
+    "steered_logits",
+    "supports",
 ]
 
 REFERENCE = "pytorch_hooks"
@@ -128,9 +129,9 @@ def make_runners(
             continue
         if name == "transformer_lens_hooks":
             build = functools.partial(module.bridge_from_hf, model, tokenizer, copy_model=copy_for_bridge)
-        else:
-            build = lambda: model  # noqa: E731  (the HF model itself)
-        runners.append(Runner(name, build, module.steer))
+            runners.append(Runner(name, build, module.steer))
+        else:  # steers the HF model itself
+            runners.append(Runner(name, lambda: model, module.steer))
     runners.sort(key=lambda runner: runner.is_bridge)
     return runners, skipped
 

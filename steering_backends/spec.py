@@ -19,12 +19,13 @@ Contents:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["SITES", "SteeringSpec", "SteeringPlan", "token_positions"]
+__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "token_positions"]
 
 # TransformerLens's vocabulary: blocks.{layer}.hook_{site}.
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")

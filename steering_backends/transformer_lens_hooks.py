@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
 from .layout import get_module, layout_of
 from .spec import SteeringPlan, SteeringSpec
 
-__all__ = ["steer", "bridge_from_hf"]
+__all__ = ["bridge_from_hf", "steer"]
 
 
 def bridge_from_hf(model: torch.nn.Module, tokenizer: Any, copy_model: bool = True) -> Any:

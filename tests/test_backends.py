@@ -76,12 +76,14 @@ def test_bad_spec_raises_before_the_model_is_touched(runner, case):
 
 def test_model_is_restored_when_the_body_raises(runner):
     before, unsteered = snapshot(runner.model), runner.logits(IDS, MASK)
-    with pytest.raises(KeyboardInterrupt):
-        with runner.steer(
+    with (
+        pytest.raises(KeyboardInterrupt),
+        runner.steer(
             runner.model, [SteeringSpec(1, "resid_post", vec(), 3.0), SteeringSpec(0, "attn_out", vec(1), 3.0)]
-        ):
-            runner.logits(IDS, MASK)
-            raise KeyboardInterrupt
+        ),
+    ):
+        runner.logits(IDS, MASK)
+        raise KeyboardInterrupt
     assert_unchanged(before, runner.model)
     assert torch.equal(runner.logits(IDS, MASK), unsteered)
 

@@ -25,7 +25,7 @@ def test_random_models_are_seeded_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     a, b = random_gpt2("tiny-gpt2-random"), random_gpt2("tiny-gpt2-random")
     assert torch.rand(1) == expected_next
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(
         a.transformer.h[0].attn.c_attn.weight,
         random_gpt2("tiny-gpt2-random", seed=1).transformer.h[0].attn.c_attn.weight,
