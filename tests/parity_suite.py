@@ -43,6 +43,9 @@ class ParityResults:
     step_gap: dict = field(default_factory=dict)  # backend -> max |Δ| cached step logits vs no-cache
     batch_gap: dict = field(default_factory=dict)  # backend -> max |Δ| padded row vs alone
     perturbed: dict = field(default_factory=dict)  # deliberate error -> max |Δ| vs reference
+    tolerances: dict = field(default_factory=dict)  # backend -> max |Δlogit| allowed vs reference
+    rounding_tol: float = 0.0  # max |Δlogit| allowed between cached/no-cache and batched/alone runs
+    model_type: str = ""
 
 
 def generation_specs(n_layers: int, d_model: int, scale: float, position_dependent: bool) -> list[SteeringSpec]:
@@ -86,7 +89,7 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
     scale = residual_rms(model, ids, mask) / 4
     cases = parity_cases(n_layers, d_model, scale=scale)
     refs, table = reference_run(runners, cases, ids, mask)
-    results = ParityResults(n_layers, d_model, scale, table, skipped)
+    results = ParityResults(n_layers, d_model, scale, table, skipped, model_type=model.config.model_type)
     reference = next(r for r in runners if r.name == REFERENCE)
 
     gen_specs = {kind: generation_specs(n_layers, d_model, scale, kind) for kind in (True, False)}
