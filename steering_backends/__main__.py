@@ -1,7 +1,11 @@
 """python -m steering_backends: the Love - Hate vector through every available backend.
 
-    python -m steering_backends                    # offline: GPT-2 small shape, random weights
-    python -m steering_backends --model gpt2-xl    # the original setting, needs the model hub
+    python -m steering_backends                         # offline: SmolLM2-135M, real weights
+    python -m steering_backends --model gpt2-xl         # the original setting, needs the model hub
+    python -m steering_backends --model gpt2-xl-random  # GPT-2-XL shape, random weights, offline
+
+The vector is act(BOS + plus) - act(BOS + minus) at the last token, as in the original
+(which prepends <|endoftext|>, GPT-2's BOS); the prefix keeps the word off position 0.
 
 Prints unsteered vs steered greedy completions per backend, then the parity table
 (max |Δlogit| against pytorch_hooks on the prompt).
@@ -15,7 +19,7 @@ import time
 import torch
 
 from .layout import dims
-from .models import MODEL_NAMES, RANDOM_CONFIGS, load
+from .models import DEFAULT_MODEL, MODEL_NAMES, RANDOM_CONFIGS, load
 from .parity import (
     format_table,
     left_pad,
@@ -28,16 +32,20 @@ from .parity import (
 from .spec import SITES, SteeringSpec
 from .vectors import contrast_vector
 
+# model_type -> (layer, coeff): the original GPT-2-XL setting, and SmolLM2's from the sweep
+# in tests/test_behaviour.py (the cleanest effect in both directions).
+DEFAULTS = {"gpt2": (6, 5.0), "llama": (18, 1.0)}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m steering_backends", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gpt2-random", choices=MODEL_NAMES, help="default works offline")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="default works offline")
     parser.add_argument("--prompt", default="I hate you because")
     parser.add_argument("--plus", default="Love")
     parser.add_argument("--minus", default="Hate")
-    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--layer", type=int, help="default: 6 for GPT-2 (the original), 18 of 30 for SmolLM2")
     parser.add_argument("--site", default="resid_pre", choices=SITES)
-    parser.add_argument("--coeff", type=float, default=5.0)
+    parser.add_argument("--coeff", type=float, help="default: 5 for GPT-2 (the original), 1 for SmolLM2")
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--full-parity", action="store_true", help="also run the parity cases of the test suite")
     return parser.parse_args(argv)
@@ -52,11 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.model in RANDOM_CONFIGS:
         print("  (random weights: completions are gibberish; the point is that every backend agrees)")
 
-    vector = contrast_vector(model, tokenizer, args.plus, args.minus, args.layer, args.site)
-    spec = SteeringSpec(args.layer, args.site, vector, args.coeff)
+    default_layer, default_coeff = DEFAULTS[model.config.model_type]
+    layer = default_layer if args.layer is None else args.layer
+    coeff = default_coeff if args.coeff is None else args.coeff
+    bos = tokenizer.bos_token or ""
+    vector = contrast_vector(model, tokenizer, bos + args.plus, bos + args.minus, layer, args.site)
+    spec = SteeringSpec(layer, args.site, vector, coeff)
     print(
-        f"vector: act({args.plus!r}) - act({args.minus!r}) at the last token, layer {args.layer} {args.site}, "
-        f"|v| = {vector.norm():.2f}, coeff {args.coeff}\n"
+        f"vector: act({bos + args.plus!r}) - act({bos + args.minus!r}) at the last token, layer {layer} "
+        f"{args.site}, |v| = {vector.norm():.2f}, coeff {coeff}\n"
     )
 
     ids, mask = left_pad(tokenizer, [args.prompt])
