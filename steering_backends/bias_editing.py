@@ -57,8 +57,9 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     additions: dict[str, torch.Tensor] = {}
     for (layer, site), site_specs in plan.by_site.items():
         name = _target(layout, layer, site)
-        for spec in site_specs:
-            additions[name] = additions.get(name, 0) + spec.coeff * spec.vector.detach()
+        for spec in site_specs:  # summed in at least float32, so a bf16 vector is not rounded again
+            vector = spec.vector.detach().to(torch.promote_types(spec.vector.dtype, torch.float32))
+            additions[name] = additions.get(name, 0) + spec.coeff * vector
     targets = {name: _owner(model, name) for name in additions}
 
     with contextlib.ExitStack() as stack:

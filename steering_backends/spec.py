@@ -65,7 +65,11 @@ class SteeringSpec:
                 f"SteeringSpec.vector must be [d_model] or [n, d_model] and non-empty, got shape {tuple(v.shape)}"
             )
         if not bool(torch.isfinite(v).all()):
-            raise ValueError("SteeringSpec.vector contains NaN or inf; only finite values are allowed")
+            bad = (~torch.isfinite(v)).nonzero()[0].tolist()
+            raise ValueError(
+                f"SteeringSpec.vector[{', '.join(map(str, bad))}] is {v[tuple(bad)].item()}; "
+                "only finite values are allowed (no NaN or inf)"
+            )
         if isinstance(self.coeff, bool) or not isinstance(self.coeff, (int, float)) or not math.isfinite(self.coeff):
             raise ValueError(f"SteeringSpec.coeff={self.coeff!r} must be a finite real number")
         if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
@@ -78,8 +82,10 @@ class SteeringSpec:
 
     def apply(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T]."""
-        # Computed in the vector's own precision, then cast once to the activation's.
-        scaled = (self.coeff * self.vector).to(dtype=hidden.dtype, device=hidden.device)
+        # Scaled in the wider of the two dtypes (an fp32 vector keeps its precision when
+        # steering a bf16 model; a bf16 vector is not rounded again by coeff), then cast once.
+        wide = torch.promote_types(self.vector.dtype, hidden.dtype)
+        scaled = (self.coeff * self.vector.to(wide)).to(dtype=hidden.dtype, device=hidden.device)
         if not self.per_position:
             steered = positions >= self.start  # [B, T]; padding has position -1
             return torch.where(steered.unsqueeze(-1), hidden + scaled, hidden)

@@ -4,33 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BACKEND_PARAMS
+from conftest import IDS, MASK, logits_with, vec
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec, backend
 from steering_backends.models import random_model
-from steering_backends.parity import Runner
-
-IDS = torch.tensor([[40, 5465, 345, 780, 345, 389, 523]])  # "I hate you because you are so"
-MASK = torch.ones_like(IDS)
-
-
-@pytest.fixture(params=BACKEND_PARAMS)
-def runner(request, tiny, tokenizer) -> Runner:
-    module = backend(request.param)
-    target = module.bridge_from_hf(tiny, tokenizer) if request.param == "transformer_lens_hooks" else tiny
-    runner = Runner(request.param, lambda: target, module.steer)
-    runner.logits(IDS, MASK)  # a bridge registers hooks of its own on its first forward
-    return runner
-
-
-def logits_with(runner: Runner, specs) -> torch.Tensor:
-    with runner.steer(runner.model, specs):
-        return runner.logits(IDS, MASK)
-
-
-def vec(seed: int = 0) -> torch.Tensor:
-    return torch.randn(64, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out", "resid_post"])

@@ -81,19 +81,36 @@ def test_plan_orders_sites_as_a_forward_pass_reaches_them():
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
-        (dict(site="hook_resid_pre"), ValueError, ["site", "resid_pre, attn_out, mlp_out, resid_post"]),
-        (dict(vector=torch.ones(2, 2, D)), ValueError, ["vector", "(2, 2, 4)"]),
-        (dict(vector=torch.tensor([1.0, math.nan, 0, 0])), ValueError, ["vector", "NaN"]),
-        (dict(vector=torch.tensor([1.0, math.inf, 0, 0])), ValueError, ["vector", "inf"]),
-        (dict(vector=torch.ones(D, dtype=torch.long)), TypeError, ["vector", "floating point"]),
-        (dict(vector=[1.0] * D), TypeError, ["vector", "torch.Tensor"]),
-        (dict(coeff=math.inf), ValueError, ["coeff", "finite"]),
-        (dict(start=-1), ValueError, ["start", ">= 0"]),
-        (dict(layer=1.0), TypeError, ["layer", "int"]),
+        pytest.param(
+            {"site": "hook_resid_pre"},
+            ValueError,
+            ["site", "resid_pre, attn_out, mlp_out, resid_post"],
+            id="unknown site",
+        ),
+        pytest.param(
+            {"vector": torch.ones(2, 2, D)}, ValueError, ["vector", "(2, 2, 4)", "[n, d_model]"], id="3-D vector"
+        ),
+        pytest.param(
+            {"vector": torch.tensor([1.0, math.nan, 0, 0])}, ValueError, ["vector[1] is nan", "finite"], id="NaN"
+        ),
+        pytest.param(
+            {"vector": torch.tensor([1.0, math.inf, 0, 0])}, ValueError, ["vector[1] is inf", "finite"], id="inf"
+        ),
+        pytest.param(
+            {"vector": torch.ones(D, dtype=torch.long)},
+            TypeError,
+            ["vector", "int64", "floating point"],
+            id="integer vector",
+        ),
+        pytest.param({"vector": [1.0] * D}, TypeError, ["vector", "list", "torch.Tensor"], id="list vector"),
+        pytest.param({"coeff": math.inf}, ValueError, ["coeff=inf", "finite"], id="inf coeff"),
+        pytest.param({"coeff": math.nan}, ValueError, ["coeff=nan", "finite"], id="NaN coeff"),
+        pytest.param({"start": -1}, ValueError, ["start=-1", ">= 0"], id="negative start"),
+        pytest.param({"layer": 1.0}, TypeError, ["layer", "1.0", "int"], id="float layer"),
     ],
 )
 def test_bad_spec_fields_name_the_field_and_what_is_allowed(kwargs, error, words):
-    fields = dict(layer=0, site="resid_pre", vector=torch.ones(D)) | kwargs
+    fields = {"layer": 0, "site": "resid_pre", "vector": torch.ones(D)} | kwargs
     with pytest.raises(error) as info:
         SteeringSpec(**fields)
     assert all(word in str(info.value) for word in words), str(info.value)
