@@ -1,0 +1,118 @@
+"""Property-based parity: random specs, prompts and batch shapes, every backend.
+
+Hypothesis draws one to three specs (site, layer of either sign, 1-D or 2-D, start,
+coeff) and a left-padded batch of random token ids. Every backend must give the
+reference's logits (within TOLERANCES) and, with the KV cache, the greedy tokens and
+step logits of no-cache decoding. Runs on the GPT-2 small shape; derandomized, so CI
+sees the same examples every run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from parity_suite import PROMPTS, assert_same_greedy
+
+from steering_backends import SITES, SteeringSpec
+from steering_backends.models import gpt2_tokenizer, random_model
+from steering_backends.parity import (
+    REFERENCE,
+    TOLERANCES,
+    left_pad,
+    make_runners,
+    max_abs_diff,
+    residual_rms,
+    supports,
+)
+
+N_LAYERS, D_MODEL, VOCAB = 12, 768, 50257
+N_NEW = 2
+MIN_LEN, MAX_LEN = 4, 6
+ROUNDING_TOL = 1e-4  # cached vs no-cache decoding on this shape: measured 3.9e-6 (tests/test_parity.py)
+EXAMPLES = 200
+
+
+@pytest.fixture(scope="module")
+def runners():
+    model, tokenizer = random_model("gpt2-random"), gpt2_tokenizer()
+    scale = residual_rms(model, *left_pad(tokenizer, PROMPTS)) / 4  # as in the parity suite
+    runners, _ = make_runners(model, tokenizer)
+    return runners, scale
+
+
+@st.composite
+def spec_lists(draw) -> list[tuple]:
+    """1-3 spec recipes (layer, site, rows or None, start, coeff, seed); vectors are built later."""
+    recipes = []
+    for _ in range(draw(st.integers(1, 3))):
+        rows = draw(st.one_of(st.none(), st.integers(1, 3)))  # None: a 1-D vector
+        start = draw(st.integers(0, MIN_LEN - (rows or 0)))  # 2-D rows fit the shortest prompt
+        recipes.append(
+            (
+                draw(st.integers(-N_LAYERS, N_LAYERS - 1)),
+                draw(st.sampled_from(SITES)),
+                rows,
+                start,
+                draw(st.floats(-4, 4, allow_nan=False)),
+                draw(st.integers(0, 2**31 - 1)),
+            )
+        )
+    return recipes
+
+
+@st.composite
+def batches(draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch of 1-2 random prompts: (ids [B, T], attention_mask [B, T])."""
+    lengths = draw(st.lists(st.integers(MIN_LEN, MAX_LEN), min_size=1, max_size=2))
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), VOCAB - 1)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, width - length :] = torch.tensor(
+            draw(st.lists(st.integers(0, VOCAB - 2), min_size=length, max_size=length))
+        )
+        mask[row, width - length :] = 1
+    return ids, mask
+
+
+def build(recipes: list[tuple], scale: float) -> list[SteeringSpec]:
+    specs = []
+    for layer, site, rows, start, coeff, seed in recipes:
+        shape = (D_MODEL,) if rows is None else (rows, D_MODEL)
+        vector = scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+        specs.append(SteeringSpec(layer, site, vector, coeff, start))
+    return specs
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(recipes=spec_lists(), batch=batches())
+def test_every_backend_agrees_with_the_reference_and_with_no_cache_decoding(runners, recipes, batch):
+    runners, scale = runners
+    specs, (ids, mask) = build(recipes, scale), batch
+    reference = next(r for r in runners if r.name == REFERENCE)
+    with reference.steer(reference.model, specs):  # greedy with no cache: the whole sequence every step
+        tokens, token_mask, outputs = ids, mask, []
+        for _ in range(N_NEW):
+            outputs.append(reference.logits(tokens, token_mask))  # [B, T + step, vocab]
+            next_id = outputs[-1][:, -1].argmax(-1, keepdim=True)
+            tokens, token_mask = torch.cat([tokens, next_id], 1), torch.cat([token_mask, torch.ones_like(next_id)], 1)
+    ref_logits, ref_tokens = outputs[0], tokens
+    ref_steps = torch.stack([out[:, -1] for out in outputs], 1)  # [B, N_NEW, vocab]
+    for runner in runners:
+        if not supports(runner, specs):
+            continue
+        with runner.steer(runner.model, specs):
+            logits = runner.logits(ids, mask)
+            tokens, steps = runner.generate(ids, mask, N_NEW)
+        tol = TOLERANCES[runner.name]
+        assert max_abs_diff(logits, ref_logits, mask) <= tol, f"{runner.name}: logits differ for {recipes}"
+        assert_same_greedy(
+            tokens[:, -N_NEW:], steps, ref_tokens[:, -N_NEW:], ref_steps, tol + ROUNDING_TOL, runner.name
+        )
