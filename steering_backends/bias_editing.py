@@ -7,12 +7,14 @@ A constant added to a sublayer's output is a constant added to its last bias:
     attn_out of block L       -> bias of the attention output projection
     mlp_out / resid_post of L -> bias of the MLP output projection (it ends the block)
     resid_pre of block L > 0  -> same as resid_post of block L - 1
-    resid_pre of block 0      -> every row of the position-embedding table
+    resid_pre of block 0      -> every row of the position-embedding table (refused on rotary
+                                 models, which have none)
 Only position-independent specs fit (1-D vector, start=0). Padding tokens are
 steered too, which does not matter: attention never reads them.
 Existing parameters are edited in place and restored bitwise on exit, even on error.
 A projection with no bias (Llama's o_proj and down_proj) gets one for the duration,
 removed on exit, so the state_dict has the same keys and bits afterwards.
+The vector is copied in without autograd: no gradient reaches it (use a hook backend).
 """
 
 from __future__ import annotations
