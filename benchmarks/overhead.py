@@ -34,6 +34,7 @@ from steering_backends.parity import Runner, left_pad, make_runners, residual_rm
 
 OUT = Path(__file__).resolve().parent / "results"
 TARGETS = {"bias_editing": 1.01}  # every other backend: 1.03
+NOISE = "A/A control: unsteered vs unsteered"
 SENTENCES = [
     "I hate you because",
     "The weather today is",
@@ -101,6 +102,9 @@ def _one_size(runners: list[Runner], specs: list[SteeringSpec], ids: torch.Tenso
     """Rows for one (batch, prompt length): each backend, steered vs its own unsteered model."""
     mask = torch.ones_like(ids)
     hf = next(r for r in runners if not r.is_bridge)
+    a, b, ratio = paired(lambda: generate(hf, ids, mask, n_new), lambda: generate(hf, ids, mask, n_new), repeats)
+    yield {"what": NOISE, "unsteered_s": a, "steered_s": b, "ratio": ratio}  # the machine's noise floor
+    print("A/A", f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
     for runner in runners:
 
         def unsteered(runner=runner):
@@ -178,7 +182,8 @@ def markdown(rows, batch_rows, xl_seconds: float | None, n_new: int, repeats: in
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        target = "" if r["what"].startswith("TransformerLens bridge") else f"≤ {TARGETS.get(r['what'], 1.03):.2f}"
+        untargeted = r["what"].startswith("TransformerLens bridge") or r["what"] == NOISE
+        target = "" if untargeted else f"≤ {TARGETS.get(r['what'], 1.03):.2f}"
         ok = "" if not target else (" ✓" if r["ratio"] <= TARGETS.get(r["what"], 1.03) else " ✗")
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['prompt']} | {r['what']} | {r['unsteered_s']:.3f} | "
