@@ -28,6 +28,7 @@ class Layout:
     mlp_out_proj: str  # Linear/Conv1D whose bias ends the MLP sublayer
     embed_out: str  # module whose output is block 0's input
     pos_embed: str | None  # learned position table, if the model has one
+    final_norm: str  # norm between the last block and the unembedding
     n_layers_attr: str
     d_model_attr: str
 
@@ -42,6 +43,7 @@ LAYOUTS: dict[str, Layout] = {
         mlp_out_proj="mlp.c_proj",
         embed_out="transformer.drop",
         pos_embed="transformer.wpe",
+        final_norm="transformer.ln_f",
         n_layers_attr="n_layer",
         d_model_attr="n_embd",
     ),
@@ -57,6 +59,7 @@ _LLAMA_LIKE = Layout(
     mlp_out_proj="mlp.down_proj",
     embed_out="model.embed_tokens",
     pos_embed=None,
+    final_norm="model.norm",
     n_layers_attr="num_hidden_layers",
     d_model_attr="hidden_size",
 )

@@ -22,6 +22,7 @@ import torch
 
 from . import BACKENDS, backend
 from .layout import layout_of
+from .prompts import hf_positions, left_pad
 from .spec import SteeringSpec
 
 __all__ = [
@@ -64,21 +65,6 @@ TOLERANCES = {
 # TransformerLens 9.4e-5, bias editing 1.2e-4. 5e-4 leaves 4x headroom; a 1e-3 relative
 # error in coeff moves the logits by 3.3e-2, far above it.
 TRAINED_TOLERANCES = TOLERANCES | {"transformer_lens_hooks": 5e-4, "bias_editing": 5e-4}
-
-
-def left_pad(tokenizer: Any, prompts: list[str], pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize (no BOS added) and left-pad: (input_ids [B, T], attention_mask [B, T])."""
-    rows = [tokenizer(p)["input_ids"] for p in prompts]
-    pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
-
-
-def hf_positions(mask: torch.Tensor) -> torch.Tensor:
-    """position_ids that make a left-padded row match the same prompt run alone."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass
