@@ -55,8 +55,7 @@ def margins(runner: Runner, tokenizer, specs: list[SteeringSpec]) -> torch.Tenso
 
 
 def love_hate(model, tokenizer, layer: int) -> torch.Tensor:
-    bos = tokenizer.bos_token
-    return contrast_vector(model, tokenizer, bos + "Love", bos + "Hate", layer, "resid_pre")
+    return contrast_vector(model, tokenizer, "Love", "Hate", layer, "resid_pre")  # BOS prepended
 
 
 @pytest.fixture(scope="module")

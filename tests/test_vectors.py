@@ -25,7 +25,7 @@ def test_sublayer_outputs_add_up_to_the_block(tiny):
 
 
 def test_contrast_vector_is_the_last_token_difference(tiny, tokenizer):
-    v = contrast_vector(tiny, tokenizer, "Love", "Hate", layer=2)
+    v = contrast_vector(tiny, tokenizer, "Love", "Hate", layer=2, bos=False)
     love, hate = (activations(tiny, torch.tensor([tokenizer(w)["input_ids"]]), 2)[0, -1] for w in ("Love", "Hate"))
     assert torch.equal(v, love - hate) and v.shape == (64,) and v.norm() > 0
 
