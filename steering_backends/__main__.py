@@ -3,6 +3,8 @@
     python -m steering_backends                         # offline: SmolLM2-135M, real weights
     python -m steering_backends --model gpt2-xl         # the original setting, needs the model hub
     python -m steering_backends --model gpt2-xl-random  # GPT-2-XL shape, random weights, offline
+    python -m steering_backends compare --plus "Love" --minus "Hate" --prompt "I hate you because" \
+        --layer 6 --coeff 5 --backend pytorch_hooks -n 5  # sampled completions side by side
 
 The vector is act(BOS + plus) - act(BOS + minus) at the last token, as in the original
 (which prepends <|endoftext|>, GPT-2's BOS); the prefix keeps the word off position 0.
@@ -14,10 +16,13 @@ Prints unsteered vs steered greedy completions per backend, then the parity tabl
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
+from . import BACKENDS, backend
+from .compare import compare
 from .layout import dims
 from .models import DEFAULT_MODEL, MODEL_NAMES, RANDOM_CONFIGS, load
 from .parity import (
@@ -30,11 +35,15 @@ from .parity import (
     runner_diffs,
 )
 from .spec import SITES, SteeringSpec
-from .vectors import contrast_vector
+from .vectors import contrast_vector, x_vector
 
 # model_type -> (layer, coeff): the original GPT-2-XL setting, and SmolLM2's from the sweep
 # in tests/test_behaviour.py (the cleanest effect in both directions).
 DEFAULTS = {"gpt2": (6, 5.0), "llama": (18, 1.0)}
+# The same for the x-vector of `compare` (added at the first positions only, not everywhere):
+# the original for GPT-2; for SmolLM2 the largest margin shift of a sweep over blocks 3-18 and
+# coeff 1-10 (+1.9 nats at block 9, coeff 5), though its negative moves the margin up too.
+X_VECTOR_DEFAULTS = {"gpt2": (6, 5.0), "llama": (9, 5.0)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        compare_main(argv[1:])
+        return
     args = parse_args(argv)
     torch.set_grad_enabled(False)  # inference only: no activations kept for backward
     started = time.perf_counter()
@@ -64,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     layer = default_layer if args.layer is None else args.layer
     coeff = default_coeff if args.coeff is None else args.coeff
     bos = tokenizer.bos_token or ""
-    vector = contrast_vector(model, tokenizer, bos + args.plus, bos + args.minus, layer, args.site)
+    vector = contrast_vector(model, tokenizer, args.plus, args.minus, layer, args.site, bos=bool(bos))
     spec = SteeringSpec(layer, args.site, vector, coeff)
     print(
         f"vector: act({bos + args.plus!r}) - act({bos + args.minus!r}) at the last token, layer {layer} "
@@ -89,6 +102,57 @@ def main(argv: list[str] | None = None) -> None:
     print("\nmax |Δlogit| against pytorch_hooks on the prompt (effect: steered vs unsteered)\n")
     print(format_table(table))
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
+
+
+def parse_compare_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m steering_backends compare",
+        description="Sampled completions, unsteered vs steered by an ActivationAddition x-vector, side by side.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="default works offline")
+    parser.add_argument("--prompt", default="I hate you because")
+    parser.add_argument("--plus", default="Love")
+    parser.add_argument("--minus", default="Hate")
+    parser.add_argument("--layer", type=int, help="default: 6 for GPT-2 (the original), 9 of 30 for SmolLM2")
+    parser.add_argument("--site", default="resid_pre", choices=SITES)
+    parser.add_argument("--coeff", type=float, help="default: 5 (the original's for GPT-2; also SmolLM2's)")
+    parser.add_argument("--backend", default="pytorch_hooks", choices=BACKENDS)
+    parser.add_argument("-n", type=int, default=5, help="completions per column")
+    parser.add_argument("--seed", type=int, default=0, help="row i uses seed + i in both columns")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    parser.add_argument("--top-p", type=float, default=0.3)
+    parser.add_argument("--frequency-penalty", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    return parser.parse_args(argv)
+
+
+def compare_main(argv: list[str]) -> None:
+    args = parse_compare_args(argv)
+    torch.set_grad_enabled(False)
+    model, tokenizer = load(args.model)
+    default_layer, default_coeff = X_VECTOR_DEFAULTS[model.config.model_type]
+    layer = default_layer if args.layer is None else args.layer
+    coeff = default_coeff if args.coeff is None else args.coeff
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces
+    spec = x_vector(model, tokenizer, args.plus, args.minus, coeff, layer, args.site, pad_token_id=space)
+    target = model
+    if args.backend == "transformer_lens_hooks":
+        target = backend(args.backend).bridge_from_hf(model, tokenizer, copy_model=False)
+    print(f"{args.model}: x-vector {args.plus!r} - {args.minus!r}, layer {layer} {args.site}, coeff {coeff}")
+    table = compare(
+        target,
+        tokenizer,
+        args.prompt,
+        [spec],
+        backend=args.backend,
+        n=args.n,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        frequency_penalty=args.frequency_penalty,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(table)
 
 
 if __name__ == "__main__":
