@@ -85,23 +85,28 @@ def _one_spec(model, tokenizer) -> SteeringSpec:
     return SteeringSpec(n_layers // 2, "resid_pre", vector, 4.0)
 
 
-def steering_rows(name: str, batches: list[int], prompt_lens: list[int], n_new: int, repeats: int) -> list[dict]:
+def steering_rows(
+    name: str, batches: list[int], prompt_lens: list[int], n_new: int, repeats: int, backends: list[str] | None
+) -> list[dict]:
     model, tokenizer = load(name)
     specs = [_one_spec(model, tokenizer)]
     runners, _ = make_runners(model, tokenizer)
+    hf = next(r for r in runners if not r.is_bridge)  # unsteered HF: the A/A and bridge-vs-HF rows
+    runners = [r for r in runners if backends is None or r.name in backends]
     rows = []
     for batch in batches:
         for length in prompt_lens:
             ids = torch.randint(0, len(tokenizer) - 1, (batch, length), generator=torch.Generator().manual_seed(length))
             size = {"model": name, "batch": batch, "prompt": length}
-            rows += [size | row for row in _one_size(runners, specs, ids, n_new, repeats)]
+            rows += [size | row for row in _one_size(runners, hf, specs, ids, n_new, repeats)]
     return rows
 
 
-def _one_size(runners: list[Runner], specs: list[SteeringSpec], ids: torch.Tensor, n_new: int, repeats: int):
+def _one_size(
+    runners: list[Runner], hf: Runner, specs: list[SteeringSpec], ids: torch.Tensor, n_new: int, repeats: int
+):
     """Rows for one (batch, prompt length): each backend, steered vs its own unsteered model."""
     mask = torch.ones_like(ids)
-    hf = next(r for r in runners if not r.is_bridge)
     a, b, ratio = paired(lambda: generate(hf, ids, mask, n_new), lambda: generate(hf, ids, mask, n_new), repeats)
     yield {"what": NOISE, "unsteered_s": a, "steered_s": b, "ratio": ratio}  # the machine's noise floor
     print("A/A", f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-lens", nargs="+", type=int, default=[16, 512])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every importable backend")
     parser.add_argument("--batch-repeats", type=int, default=3, help="pairs for the padded-batch comparison")
     parser.add_argument("--no-parity-xl", dest="parity_xl", action="store_false", help="skip timing the XL suite")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for overhead.md and overhead.png")
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(rows, args.out / "overhead.png")
 
     for name in args.models:
-        rows += steering_rows(name, args.batches, args.prompt_lens, args.new_tokens, args.repeats)
+        rows += steering_rows(name, args.batches, args.prompt_lens, args.new_tokens, args.repeats, args.backends)
         batch_rows.append(padded_batch_row(name, args.new_tokens, args.batch_repeats))
         print(batch_rows[-1], flush=True)
         write()
