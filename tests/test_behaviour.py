@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_result
+from helpers import write_result
 
 from steering_backends import SteeringSpec, backend
 from steering_backends.models import load

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_result
+from helpers import write_result
 from parity_suite import assert_same_greedy, report, run_suite
 
 from steering_backends.layout import dims

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BACKEND_PARAMS, IDS, MASK
+from helpers import BACKEND_PARAMS, IDS, MASK
 
 from steering_backends import SteeringSpec, backend
 from steering_backends.models import gpt2_tokenizer, random_model

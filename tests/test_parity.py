@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_result
+from helpers import write_result
 from parity_suite import N_NEW, PROMPTS, generation_specs, greedy_no_cache, report, run_suite
 
 import steering_backends.spec as spec_module

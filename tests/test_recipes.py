@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MASK, logits_with
+from helpers import MASK, logits_with
 
 from steering_backends import SteeringSpec, backend
 from steering_backends.models import random_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_result
+from helpers import write_result
 from test_behaviour import NEGATIVE_PROMPTS, margins
 
 from steering_backends import SteeringSpec, backend

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IDS, MASK, logits_with, vec
+from helpers import IDS, MASK, logits_with, vec
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec

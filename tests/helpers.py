@@ -1,0 +1,52 @@
+"""Shared by the tests: one prompt, seeded vectors, backend params, result tables.
+
+(Not in conftest.py: notebooks/ has a conftest.py too, and ``from conftest import``
+would find whichever of the two pytest imported first.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from steering_backends import BACKENDS, backend
+from steering_backends.parity import Runner
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def _import_error(name: str) -> str | None:
+    try:
+        backend(name)
+    except ImportError as err:
+        return f"{name} skipped: cannot import it ({err})"
+    return None
+
+
+# One pytest param per backend; baukit (not on PyPI) skips with the reason when missing.
+BACKEND_PARAMS = [
+    pytest.param(name, marks=pytest.mark.skip(reason=error)) if (error := _import_error(name)) else name
+    for name in BACKENDS
+]
+
+
+def write_result(name: str, text: str) -> None:
+    """Save a table under results/ so CI can print it after the run."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / name).write_text(text + "\n")
+
+
+IDS = torch.tensor([[40, 5465, 345, 780, 345, 389, 523]])  # "I hate you because you are so"
+MASK = torch.ones_like(IDS)
+
+
+def logits_with(runner: Runner, specs) -> torch.Tensor:
+    with runner.steer(runner.model, specs):
+        return runner.logits(IDS, MASK)
+
+
+def vec(seed: int = 0) -> torch.Tensor:
+    """A seeded [64] vector: d_model of the tiny models."""
+    return torch.randn(64, generator=torch.Generator().manual_seed(seed))
