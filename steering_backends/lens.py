@@ -74,13 +74,13 @@ def plot_lens(unsteered: LensResult, steered: LensResult, tokens: Sequence[str],
 
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; allowed: {', '.join(METRICS)}")
-    before, after = getattr(unsteered, metric).cpu(), getattr(steered, metric).cpu()
+    before, after = getattr(unsteered, metric).cpu().numpy(), getattr(steered, metric).cpu().numpy()
     labels = [repr(t)[1:-1] for t in (tokens[1:] if metric == "loss" else tokens)]
     if before.shape[1] != len(labels):
         raise ValueError(f"tokens has {len(tokens)} entries, but the lens covers {unsteered.top_prob.shape[1]}")
-    low, high = min(before.min(), after.min()).item(), max(before.max(), after.max()).item()
+    low, high = min(before.min(), after.min()), max(before.max(), after.max())
     change = after - before
-    bound = change.abs().max().item() or 1.0
+    bound = abs(change).max() or 1.0
     fig, axes = plt.subplots(1, 3, figsize=(max(12.0, 1.3 * len(labels)), 0.12 * len(before) + 3.0))
     panels = [
         (before, "unsteered", "viridis", low, high),
