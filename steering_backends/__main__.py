@@ -38,15 +38,23 @@ from .spec import SITES, SteeringSpec
 from .vectors import contrast_vector, x_vector
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m steering_backends", description=__doc__.splitlines()[0])
+def _add_vector_args(parser: argparse.ArgumentParser, defaults: dict[str, tuple[int, float]]) -> None:
+    """The model, prompt and Love - Hate vector options both commands share; ``defaults``:
+    model_type -> (layer, coeff) used when --layer / --coeff are not given."""
+    per_model = ", ".join(f"{kind} {layer}" for kind, (layer, _) in defaults.items())
+    coeffs = ", ".join(f"{kind} {coeff:g}" for kind, (_, coeff) in defaults.items())
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="default works offline")
     parser.add_argument("--prompt", default="I hate you because")
     parser.add_argument("--plus", default="Love")
     parser.add_argument("--minus", default="Hate")
-    parser.add_argument("--layer", type=int, help="default: 6 for GPT-2 (the original), 18 of 30 for SmolLM2")
+    parser.add_argument("--layer", type=int, help=f"default per model type: {per_model} (gpt2: the original)")
     parser.add_argument("--site", default="resid_pre", choices=SITES)
-    parser.add_argument("--coeff", type=float, help="default: 5 for GPT-2 (the original), 1 for SmolLM2")
+    parser.add_argument("--coeff", type=float, help=f"default per model type: {coeffs}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m steering_backends", description=__doc__.splitlines()[0])
+    _add_vector_args(parser, LOVE_HATE)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--full-parity", action="store_true", help="also run the parity cases of the test suite")
     return parser.parse_args(argv)
@@ -101,13 +109,7 @@ def parse_compare_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m steering_backends compare",
         description="Sampled completions, unsteered vs steered by an ActivationAddition x-vector, side by side.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="default works offline")
-    parser.add_argument("--prompt", default="I hate you because")
-    parser.add_argument("--plus", default="Love")
-    parser.add_argument("--minus", default="Hate")
-    parser.add_argument("--layer", type=int, help="default: 6 for GPT-2 (the original), 9 of 30 for SmolLM2")
-    parser.add_argument("--site", default="resid_pre", choices=SITES)
-    parser.add_argument("--coeff", type=float, help="default: 5 (the original's for GPT-2; also SmolLM2's)")
+    _add_vector_args(parser, LOVE_HATE_X_VECTOR)
     parser.add_argument("--backend", default="pytorch_hooks", choices=BACKENDS)
     parser.add_argument("-n", type=int, default=5, help="completions per column")
     parser.add_argument("--seed", type=int, default=0, help="row i uses seed + i in both columns")

@@ -186,6 +186,14 @@ def x_vector(
     return SteeringSpec(layer, site, acts[0] - acts[1], coeff)
 
 
+def _counted_tokens(mask: torch.Tensor, bos: bool) -> torch.Tensor:
+    """[B, T] bool: the real tokens of a left-padded batch, without each row's BOS when ``bos``."""
+    counted = mask.bool().clone()
+    if bos:
+        counted[torch.arange(len(mask)), mask.argmax(-1)] = False  # each row's first real token
+    return counted
+
+
 def _read_batched(
     model, tokenizer, texts: Sequence[str], layer: int, site: str, reduce: str, bos: bool, batch_size: int, desc: str
 ) -> torch.Tensor:
@@ -200,9 +208,7 @@ def _read_batched(
         if reduce == "last":  # left padding: every row's last real token is at -1
             rows.append(acts[:, -1])
             continue
-        counted = mask.bool().to(device)
-        if bos:
-            counted[torch.arange(len(ids)), mask.argmax(-1)] = False  # each row's first real token
+        counted = _counted_tokens(mask, bos).to(device)
         summed = torch.where(counted.unsqueeze(-1), acts, 0.0).sum(1)  # where, not *: padding may hold inf
         rows.append(summed / counted.sum(-1, keepdim=True))
     return torch.cat(rows)
@@ -302,9 +308,7 @@ def residual_norm(
     for first in range(0, len(texts), batch_size):
         ids, mask = left_pad(tokenizer, list(texts[first : first + batch_size]), bos=bos)
         acts = activations(model, ids.to(device), layer, site, mask.to(device)).float()  # [b, T, D]
-        counted = mask.bool().to(device)
-        if bos:
-            counted[torch.arange(len(ids)), mask.argmax(-1)] = False
+        counted = _counted_tokens(mask, bos).to(device)
         norms.append(acts[counted].norm(dim=-1))
     return torch.cat(norms).median().item()
 
