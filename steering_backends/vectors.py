@@ -17,6 +17,7 @@ Contents:
     principal_direction, pca, PCAFit   their first principal component (representation reading)
     residual_norm, scaled_to_residual  coefficients relative to the residual stream's size
     load_pairs, load_reference_texts   the sentence sets under data/
+    RECIPES, sentiment_direction, relative_spec   the four recipes on one scale, as swept
 
 BOS: every recipe prepends the tokenizer's BOS token by default (``bos=True``), as the
 original ActivationAdditions did with ``<|endoftext|>``. It keeps the first word off
@@ -39,6 +40,7 @@ from .spec import SITES, SteeringSpec
 
 __all__ = [
     "DATA",
+    "RECIPES",
     "PCAFit",
     "activations",
     "contrast_pair",
@@ -49,8 +51,10 @@ __all__ = [
     "pair_differences",
     "pca",
     "principal_direction",
+    "relative_spec",
     "residual_norm",
     "scaled_to_residual",
+    "sentiment_direction",
     "x_vector",
 ]
 
@@ -336,3 +340,35 @@ def load_pairs(concept: str = "sentiment", path: Path = DATA / "contrast_pairs.j
 def load_reference_texts(path: Path = DATA / "reference.txt") -> list[str]:
     """Neutral sentences for measuring the residual stream's typical size."""
     return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+RECIPES = ("contrast_pair", "x_vector", "mean_difference", "pca")
+
+
+def sentiment_direction(model, tokenizer, recipe: str, layer: int, site: str = "resid_pre") -> torch.Tensor:
+    """A positive-sentiment direction by one of RECIPES, scaled so its largest row has norm 1.
+
+    contrast_pair: act("Love") - act("Hate") at the last token, [d_model].
+    x_vector: the same prompts position by position, right-padded with the space token, [n, d_model].
+    mean_difference / pca: from the sentiment pairs under data/, each sentence's token mean, [d_model].
+    Give it a coefficient with relative_spec.
+    """
+    if recipe == "contrast_pair":
+        vector = contrast_vector(model, tokenizer, "Love", "Hate", layer, site)
+    elif recipe == "x_vector":
+        space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces
+        vector = x_vector(model, tokenizer, "Love", "Hate", 1.0, layer, site, pad_token_id=space).vector
+    elif recipe in ("mean_difference", "pca"):
+        differences = pair_differences(model, tokenizer, load_pairs("sentiment"), layer, site, "mean", progress=False)
+        vector = differences.mean(0) if recipe == "mean_difference" else principal_direction(differences)[0]
+    else:
+        raise ValueError(f"recipe={recipe!r} is unknown; allowed: {', '.join(RECIPES)}")
+    return vector / vector.norm(dim=-1).max()
+
+
+def relative_spec(
+    direction: torch.Tensor, layer: int, relative: float, norm: float, site: str = "resid_pre"
+) -> SteeringSpec:
+    """Steer along ``direction`` (largest row of norm 1) with ``relative`` x the residual norm ``norm``
+    (from residual_norm at that site): the largest addition is ``relative`` times a typical token."""
+    return SteeringSpec(layer, site, direction, relative * norm)
