@@ -51,7 +51,7 @@ def test_frequency_penalty_by_hand():
 def test_rows_share_their_seed_so_only_the_steering_differs(gpt2_tiny, tokenizer):
     same = compare(gpt2_tiny, tokenizer, PROMPT, [spec_at(coeff=0.0)], n=3, max_new_tokens=12)
     assert same.steered == same.unsteered and same.seeds == [0, 1, 2]
-    assert len(set(same.unsteered)) == 3, "different seeds give different samples"
+    assert len({c.text for c in same.unsteered}) == 3, "different seeds give different samples"
     steered = compare(gpt2_tiny, tokenizer, PROMPT, [spec_at()], n=3, max_new_tokens=12)
     assert steered.unsteered == same.unsteered and steered.steered != steered.unsteered
 
@@ -70,16 +70,19 @@ def test_greedy_comparison_matches_greedy_decoding(gpt2_tiny, tokenizer):
     ids = torch.tensor([encode(tokenizer, PROMPT, bos=True)])
     with backend("pytorch_hooks").steer(gpt2_tiny, [spec_at()]):
         greedy = gpt2_tiny.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
-    assert table.steered == [tokenizer.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True)] * 2
+    expected = tokenizer.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True)
+    assert [c.text for c in table.steered] == [expected] * 2
 
 
 def test_comparison_as_html_and_plain_text(gpt2_tiny, tokenizer):
     table = compare(gpt2_tiny, tokenizer, PROMPT, [spec_at()], n=2, max_new_tokens=5)
     page = table._repr_html_()
-    assert page.count("<b>I hate you &lt;3 because</b>") == 4 and "<th>unsteered</th><th>steered</th>" in page
+    assert page.count("<b>I hate you &lt;3 because</b>") == 4 and "<th>unsteered</th><th>sentiment</th>" in page
+    assert f"<td>{table.steered[1].sentiment:+.2f}</td><td>{table.steered[1].perplexity:.1f}</td>" in page
     text = str(table)
-    assert text.startswith("prompt: 'I hate you <3 because'") and "unsteered" in text and "| steered" in text
+    assert text.count("I hate you <3 because") == 4 and "unsteered" in text and "| steered" in text
     assert "top_p=0.3" in text and "frequency_penalty=1.0" in text
+    assert text.endswith(str(table.summary())) and "mean sentiment (VADER): unsteered" in text
 
 
 @pytest.mark.parametrize(
@@ -170,4 +173,4 @@ def test_compare_command(capsys):
     main(["compare", "--model", "tiny-gpt2-random", "--layer", "2", "--coeff", "8", "-n", "2", "--max-new-tokens", "5"])
     out = capsys.readouterr().out
     assert "x-vector 'Love' - 'Hate', layer 2 resid_pre, coeff 8.0" in out
-    assert out.count("I hate you because") >= 5 and "| steered" in out
+    assert out.count("I hate you because") == 4 and "| steered" in out and "mean sentiment (VADER)" in out
