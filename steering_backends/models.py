@@ -261,12 +261,14 @@ def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: 
     is_folder = Path(name).expanduser().is_dir()
     if is_folder:
         name = str(Path(name).expanduser())
+        if not (Path(name) / "config.json").is_file():
+            raise OSError(f"folder {name} holds no saved model (no config.json); save one with model.save_pretrained")
     offline = local_files_only or is_folder or not _hub_reachable()
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=offline)
     except OSError as err:
         if is_folder:
-            raise OSError(f"folder {name} holds no saved model: {_first_line(err)}") from err
+            raise OSError(f"folder {name}: {_first_line(err)}") from err
         if not offline:
             raise OSError(f"model {name!r}: {_first_line(err)}; offline models: {', '.join(OFFLINE_MODELS)}") from err
         raise OSError(
