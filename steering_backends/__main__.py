@@ -106,7 +106,10 @@ def _add_vector_args(parser: argparse.ArgumentParser, defaults: dict[str, tuple[
         f"{'/'.join(sorted(LAYOUTS))} model; default {DEFAULT_MODEL} (offline)",
     )
     parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_DEVICE, help="default: cuda if any"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        type=_DEVICE,
+        help="cpu, cuda, cuda:N or mps; default: cuda if available, else cpu",
     )
     parser.add_argument("--dtype", choices=DTYPES, help="default: float32 on cpu, bfloat16 on a GPU")
     parser.add_argument("--prompt", default="I hate you because", type=_TEXT)
@@ -171,7 +174,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backend",
         nargs="+",
         choices=BACKENDS,
-        help=f"run only these ({REFERENCE}, the reference, always runs); default: every importable one",
+        metavar="NAME",
+        help=f"run only these, of {', '.join(BACKENDS)} ({REFERENCE}, the reference, always runs); "
+        "default: every importable one",
     )
     parser.add_argument("--max-new-tokens", type=_COUNT, default=20)
     parser.add_argument("--full-parity", action="store_true", help="also run the parity cases of the test suite")
@@ -249,7 +254,9 @@ def parse_compare_args(argv: list[str]) -> argparse.Namespace:
         description="Sampled completions, unsteered vs steered by an ActivationAddition x-vector, side by side.",
     )
     _add_vector_args(parser, LOVE_HATE_X_VECTOR)
-    parser.add_argument("--backend", default="pytorch_hooks", choices=BACKENDS)
+    parser.add_argument(
+        "--backend", default="pytorch_hooks", choices=BACKENDS, metavar="NAME", help=f"one of {', '.join(BACKENDS)}"
+    )
     parser.add_argument("-n", type=_COUNT, default=5, help="completions per column")
     parser.add_argument("--seed", type=int, default=0, help="row i uses seed + i in both columns")
     parser.add_argument("--temperature", type=_NON_NEGATIVE, default=1.0, help="0 is greedy")
