@@ -3,6 +3,8 @@
     model, tokenizer = load("smollm2-135m")     # real trained weights, offline (the default)
     model, tokenizer = load("gpt2-xl-random")   # GPT-2-XL shape, seeded random weights, offline
     model, tokenizer = load("gpt2-xl")          # real weights, needs the hub (or its local cache)
+    model, tokenizer = load("Qwen/Qwen2.5-0.5B", torch.bfloat16, "cuda")  # any gpt2/llama/mistral/qwen2 hub id
+    model, tokenizer = load("path/to/folder")   # or a folder saved with save_pretrained
 
 Offline sources:
     * smollm2-135m: SmolLM2-135M-Instruct (a Llama-architecture model), from the GGUF file
@@ -20,6 +22,8 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,12 +34,14 @@ __all__ = [
     "LOVE_HATE",
     "LOVE_HATE_X_VECTOR",
     "MODEL_NAMES",
+    "OFFLINE_MODELS",
     "RANDOM_CONFIGS",
     "SENTIMENT",
     "SMOLLM2",
     "cache_dir",
     "gpt2_tokenizer",
     "load",
+    "pretrained",
     "random_model",
     "sentiment_spec",
     "smollm2",
@@ -54,6 +60,8 @@ RANDOM_CONFIGS: dict[str, tuple[str, int, int, int]] = {
 }
 SMOLLM2 = "smollm2-135m"
 DEFAULT_MODEL = SMOLLM2  # the offline model with real weights
+OFFLINE_MODELS = (SMOLLM2, *RANDOM_CONFIGS)
+# Examples: load() takes any hub id or saved folder of a model type layout.py supports.
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "HuggingFaceTB/SmolLM2-135M-Instruct")
 MODEL_NAMES = (SMOLLM2, *RANDOM_CONFIGS, *HUB_MODELS)
 # config.model_type -> (block, coeff) for the Love - Hate contrast vector at resid_pre: the
@@ -174,6 +182,9 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # ~20 s, once: say so, on stderr, so a first run does not look hung.
+    started = time.perf_counter()
+    print(f"{SMOLLM2}: converting {gguf.name} to float32 safetensors, once (~20 s)...", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers refuses save_pretrained on a model loaded from GGUF, so write the
@@ -193,6 +204,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
+    print(f"{SMOLLM2}: converted in {time.perf_counter() - started:.0f} s, cached in {folder}", file=sys.stderr)
 
 
 def sentiment_spec(model, tokenizer, sign: int = 1):
@@ -215,15 +227,93 @@ def sentiment_spec(model, tokenizer, sign: int = 1):
     return SteeringSpec(layer, "resid_pre", contrast_vector(model, tokenizer, "Love", "Hate", layer), sign * coeff)
 
 
-def load(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False):
-    """(model, tokenizer) for one of MODEL_NAMES; hub names use the ordinary ``from_pretrained``."""
-    if name == SMOLLM2:
-        return smollm2(dtype)
-    if name in RANDOM_CONFIGS:
-        return random_model(name, dtype=dtype), gpt2_tokenizer()
-    if name not in HUB_MODELS:
-        raise ValueError(f"model {name!r} is unknown; allowed: {', '.join(MODEL_NAMES)}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    local_files_only: bool = False,
+):
+    """(model, tokenizer) on ``device``: an offline name (OFFLINE_MODELS), a hub id or a local folder.
 
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=local_files_only)
-    return model.eval(), AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+    Hub ids and folders load with the ordinary ``from_pretrained`` and must have a ``model_type``
+    that layout.py supports (else ValueError). A hub id that is neither cached nor reachable
+    raises OSError naming the offline models.
+    """
+    if name == SMOLLM2:
+        model, tokenizer = smollm2(dtype)
+    elif name in RANDOM_CONFIGS:
+        model, tokenizer = random_model(name, dtype=dtype), gpt2_tokenizer()
+    else:
+        model, tokenizer = pretrained(name, dtype, local_files_only)
+    return model.to(device), tokenizer
+
+
+def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False):
+    """(model, tokenizer) of a hub id or a saved folder whose model type layout.py supports.
+
+    The hub is asked once, quickly, whether it answers; if not, only the local cache is used,
+    so an offline machine gets an error at once instead of after huggingface_hub's retries.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .layout import LAYOUTS
+
+    is_folder = Path(name).expanduser().is_dir()
+    if is_folder:
+        name = str(Path(name).expanduser())
+        if not (Path(name) / "config.json").is_file():
+            raise OSError(f"folder {name} holds no saved model (no config.json); save one with model.save_pretrained")
+    offline = local_files_only or is_folder or not _hub_reachable()
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=offline)
+    except OSError as err:
+        if is_folder:
+            raise OSError(f"folder {name}: {_first_line(err)}") from err
+        if not offline:
+            raise OSError(f"model {name!r}: {_first_line(err)}; offline models: {', '.join(OFFLINE_MODELS)}") from err
+        raise OSError(
+            f"model {name!r} is not in the local cache and {_why_offline(local_files_only)}; "
+            f"offline, use one of {', '.join(OFFLINE_MODELS)} or a folder saved with save_pretrained"
+        ) from err
+    if config.model_type not in LAYOUTS:
+        raise ValueError(
+            f"model type {config.model_type!r} (of {name}) is not supported; "
+            f"supported model types: {', '.join(sorted(LAYOUTS))}"
+        )
+    try:  # before the weights: a folder saved without its tokenizer fails here, in a second
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"model {name!r} has no tokenizer that loads; a folder needs one saved beside the model "
+            "(tokenizer.save_pretrained)"
+        ) from err
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline)
+    return model.eval(), tokenizer
+
+
+def _why_offline(local_files_only: bool) -> str:
+    from huggingface_hub import constants
+
+    if local_files_only:
+        return "local_files_only=True"
+    if constants.is_offline_mode():
+        return "the model hub is unreachable (HF_HUB_OFFLINE is set)"
+    return f"the model hub is unreachable ({constants.ENDPOINT} did not answer)"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers one request within ``timeout`` seconds (never with HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # any failure to connect: DNS, refused, timeout, proxy; the HTTP client's types vary
+        return False
+    return True
+
+
+def _first_line(err: BaseException) -> str:
+    return next(iter(str(err).splitlines()), type(err).__name__)

@@ -14,7 +14,7 @@ tokens only: what a model writes at a padding position is never read.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,15 +107,15 @@ class Runner:
 
 
 def make_runners(
-    model: torch.nn.Module, tokenizer: Any, copy_for_bridge: bool = True
+    model: torch.nn.Module, tokenizer: Any, copy_for_bridge: bool = True, names: Sequence[str] = BACKENDS
 ) -> tuple[list[Runner], dict[str, str]]:
-    """A Runner per importable backend, the bridge last, and {backend: why it was skipped}.
+    """A Runner per importable backend in ``names``, the bridge last, and {backend: why it was skipped}.
 
     The TransformerLens bridge takes over the model it wraps; with ``copy_for_bridge=False``
     it takes over ``model`` itself (no second copy in memory), so use its runner last.
     """
     runners, skipped = [], {}
-    for name in BACKENDS:
+    for name in names:
         try:
             module = backend(name)
         except ImportError as err:

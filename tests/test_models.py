@@ -41,10 +41,12 @@ def test_random_models_are_seeded_and_leave_the_global_rng_alone():
     assert not a.training
 
 
-def test_unknown_model_names_list_the_allowed_ones():
+def test_a_name_neither_offline_nor_cached_names_the_offline_models_when_the_hub_is_unreachable(monkeypatch):
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
     with pytest.raises(
-        ValueError,
-        match="allowed: smollm2-135m, tiny-gpt2-random, tiny-llama-random, .*, gpt2-xl-random, gpt2, gpt2-medium",
+        OSError,
+        match="'gpt2-xxl' is not in the local cache and the model hub is unreachable .*; "
+        "offline, use one of smollm2-135m, tiny-gpt2-random, tiny-llama-random, .*, gpt2-xl-random or a folder",
     ):
         load("gpt2-xxl")
 

@@ -1,0 +1,190 @@
+"""The command line as a user runs it: a subprocess, its exit status, its stdout and stderr.
+
+Every user error is one line on stderr naming the option and what is allowed, exit status 2;
+the main job runs end to end on tiny models in bfloat16 on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from steering_backends import BACKENDS
+from steering_backends.__main__ import main
+from steering_backends.models import gpt2_tokenizer, random_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m steering_backends *args`` from the repository root, with no model hub."""
+    full_env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "steering_backends", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a user error prints; fails unless it is exactly one line, exit status 2, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("python -m steering_backends")
+    return lines[0]
+
+
+BAD_VALUES = [
+    (["--model", "tiny-gpt2-random", "--layer", "99"], ["argument --layer: 99 is out of range", "allowed: -4 to 3"]),
+    (["--model", "tiny-gpt2-random"], ["argument --layer: 6 (the gpt2 default) is out of range", "allowed: -4 to 3"]),
+    (["--coeff", "nan"], ["argument --coeff: 'nan' is not allowed", "allowed: a finite number"]),
+    (["compare", "--coeff", "inf"], ["compare: error: argument --coeff: 'inf'", "allowed: a finite number"]),
+    (["--site", "resid_mid"], ["argument --site", "resid_pre", "attn_out", "mlp_out", "resid_post"]),
+    (["--dtype", "float64"], ["argument --dtype", "float32", "bfloat16", "float16"]),
+    (["--device", "tpu"], ["argument --device: 'tpu' is not allowed", "allowed: a device this machine has: cpu"]),
+    (["--max-new-tokens", "0"], ["argument --max-new-tokens: '0'", "allowed: an integer >= 1"]),
+    (["--prompt", ""], ["argument --prompt: '' is not allowed", "allowed: any non-empty text"]),
+    (["compare", "--top-p", "2"], ["argument --top-p: '2'", "allowed: a number in (0, 1]"]),
+    (["compare", "--model", "tiny-gpt2-random", "--layer", "-5"], ["argument --layer: -5", "allowed: -4 to 3"]),
+    (["--backend", "nnsight"], ["argument --backend", "invalid choice: 'nnsight'", *BACKENDS]),
+    (["--bogus"], ["unrecognized arguments: --bogus", "--help"]),
+]
+
+
+@pytest.mark.parametrize("args, expected", BAD_VALUES, ids=[" ".join(args) for args, _ in BAD_VALUES])
+def test_bad_option_values_are_one_line_naming_the_option_and_what_is_allowed(args, expected):
+    line = error_line(run_cli(*args))
+    for text in expected:
+        assert text in line
+
+
+OFFLINE_NAMES = ["smollm2-135m", "tiny-gpt2-random", "tiny-llama-random", "gpt2-xl-random"]
+
+
+def test_a_hub_model_with_no_hub_says_what_to_use_offline(tmp_path):
+    line = error_line(run_cli("--model", "gpt2-xl", env={"HF_HOME": str(tmp_path)}))  # an empty hub cache
+    assert "argument --model: model 'gpt2-xl' is not in the local cache and the model hub is unreachable" in line
+    assert all(name in line for name in OFFLINE_NAMES)
+
+
+def test_an_unreachable_hub_is_found_out_at_once_without_hf_hub_offline(tmp_path):
+    # Nothing listens on port 9: the one quick probe fails, and huggingface_hub's retries never start.
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
+    result = run_cli("compare", "--model", "Qwen/Qwen2.5-0.5B", env=env)
+    line = error_line(result)
+    assert "'Qwen/Qwen2.5-0.5B' is not in the local cache and the model hub is unreachable" in line
+    assert "http://127.0.0.1:9 did not answer" in line and all(name in line for name in OFFLINE_NAMES)
+
+
+def test_a_folder_of_an_unsupported_model_type_gets_the_layout_error(tmp_path):
+    config = AutoConfig.for_model(
+        "gpt_neox", vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    line = error_line(run_cli("--model", str(tmp_path)))
+    assert "argument --model: model type 'gpt_neox'" in line
+    assert "not supported; supported model types: gpt2, llama, mistral, qwen2" in line
+
+
+def test_a_folder_without_a_model_says_so(tmp_path):
+    line = error_line(run_cli("--model", str(tmp_path)))
+    assert f"argument --model: folder {tmp_path} holds no saved model (no config.json)" in line
+
+
+@pytest.mark.parametrize("command", [[], ["compare"]])
+def test_a_chosen_backend_that_cannot_be_imported_names_the_importable_ones(tmp_path, command):
+    # A baukit that fails to import, found before any installed one.
+    (tmp_path / "baukit").mkdir()
+    (tmp_path / "baukit" / "__init__.py").write_text("raise ImportError('baukit is broken on purpose')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    line = error_line(run_cli(*command, "--backend", "baukit_tracedict", env=env))
+    assert "argument --backend: baukit_tracedict cannot be imported here (baukit is broken on purpose)" in line
+    assert "importable: custom_wrapper, pytorch_hooks" in line
+
+
+def test_a_spec_the_validation_refuses_is_one_line_too(monkeypatch, capsys):
+    # A NaN vector cannot come from the options, so make one: SteeringSpec must refuse it.
+    monkeypatch.setattr(
+        "steering_backends.__main__.contrast_vector", lambda *args, **kwargs: torch.full([64], torch.nan)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "tiny-gpt2-random", "--layer", "1"])
+    assert exit_info.value.code == 2
+    refusal = "SteeringSpec.vector[0] is nan; only finite values are allowed (no NaN or inf)"
+    assert capsys.readouterr().err.strip().splitlines() == [f"python -m steering_backends: error: {refusal}"]
+
+
+def test_debug_shows_the_traceback():
+    result = run_cli("--model", "tiny-gpt2-random", "--layer", "99", "--debug")
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "UsageError: argument --layer: 99 is out of range" in result.stderr
+
+
+def backend_rows(stdout: str) -> dict[str, str]:
+    """{backend: its completion row} from the main job's output, skipped ones included."""
+    rows = {}
+    for line in stdout.splitlines():
+        name, _, rest = line.strip().partition(": ")
+        if name in BACKENDS:
+            rows[name] = rest
+    return rows
+
+
+def parity_row(stdout: str, case: str) -> list[str]:
+    line = next(line for line in stdout.splitlines() if line.startswith(f"| {case} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")][1:]
+
+
+def test_main_job_end_to_end_in_bfloat16_on_cpu():
+    args = ["--model", "tiny-gpt2-random", "--device", "cpu", "--dtype", "bfloat16", "--layer", "2"]
+    result = run_cli(*args, "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr
+    assert "model tiny-gpt2-random loaded in" in result.stdout and "(bfloat16 on cpu)" in result.stdout
+    assert "layer 2 resid_pre" in result.stdout
+    rows = backend_rows(result.stdout)
+    assert set(rows) == set(BACKENDS)  # every backend: a completion, or why it was skipped
+    for name, row in rows.items():
+        assert row.startswith("'I hate you because") or row.startswith("skipped, cannot import it"), (name, row)
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| case |"))
+    ran = [name for name, row in rows.items() if not row.startswith("skipped")]
+    assert all(f" {name} " in header for name in ran)
+    effect, *diffs = parity_row(result.stdout, "Love - Hate")
+    assert float(effect) > 0.1  # the steering did something, so the zeros below mean agreement
+    assert diffs[ran.index("pytorch_hooks")] == "0"
+
+
+def test_any_saved_folder_runs_and_a_type_without_defaults_takes_the_middle_block(tmp_path):
+    for name in ("tiny-llama-random", "tiny-qwen2-random"):
+        random_model(name).save_pretrained(tmp_path / name)
+        gpt2_tokenizer().save_pretrained(tmp_path / name)
+    common = ["--device", "cpu", "--dtype", "bfloat16", "--max-new-tokens", "2", "--backend", "custom_wrapper"]
+
+    llama = run_cli("--model", str(tmp_path / "tiny-llama-random"), "--layer", "-1", *common)
+    assert llama.returncode == 0, llama.stderr
+    assert "layer -1 resid_pre" in llama.stdout and "coeff 1.0" in llama.stdout  # llama's measured coeff
+    assert set(backend_rows(llama.stdout)) == {"custom_wrapper", "pytorch_hooks"}  # --backend, plus the reference
+
+    qwen2 = run_cli("--model", str(tmp_path / "tiny-qwen2-random"), *common)  # no --layer: 4 blocks -> 2
+    assert qwen2.returncode == 0, qwen2.stderr
+    assert "layer 2 resid_pre" in qwen2.stdout and "coeff 1.0" in qwen2.stdout and "(bfloat16 on cpu)" in qwen2.stdout
+
+
+def test_full_parity_shows_its_progress_on_stderr():
+    args = ["--model", "tiny-mistral-random", "--dtype", "bfloat16", "--max-new-tokens", "2", "--full-parity"]
+    result = run_cli(*args, "--backend", "bias_editing")
+    assert result.returncode == 0, result.stderr
+    assert "14 parity cases: bias_editing" in result.stderr and "14 parity cases: pytorch_hooks" in result.stderr
+    assert set(backend_rows(result.stdout)) == {"pytorch_hooks", "bias_editing"}
+    assert parity_row(result.stdout, "attn_out mid")[1] == "0"  # the reference against itself
