@@ -1,4 +1,4 @@
-"""python -m steering_backends: the Love - Hate vector through every available backend.
+"""python -m steering_backends: sentiment steering you can read, then every backend agreeing.
 
     python -m steering_backends                         # offline: SmolLM2-135M, real weights
     python -m steering_backends --model gpt2-xl         # the original setting, needs the model hub
@@ -8,11 +8,15 @@
     python -m steering_backends compare --plus "Love" --minus "Hate" --prompt "I hate you because" \
         --layer 6 --coeff 5 --backend pytorch_hooks -n 5  # sampled completions side by side
 
-The vector is act(BOS + plus) - act(BOS + minus) at the last token, as in the original
-(which prepends <|endoftext|>, GPT-2's BOS); the prefix keeps the word off position 0.
+By default the steering is the measured one (models.SENTIMENT: the recipe, block and
+coefficient that benchmarks/behaviour_sweep.py chose on sampled text, scored by VADER);
+for a model type without one, the original Love - Hate contrast vector. Giving --plus,
+--minus, --layer or --coeff steers with act(BOS + plus) - act(BOS + minus) at the last
+token instead, as in the original (which prepends <|endoftext|>, GPT-2's BOS).
 
-Prints unsteered vs steered greedy completions per backend, then the parity table
-(max |Δlogit| against pytorch_hooks on the prompt).
+Prints sampled completions, unsteered beside steered, with their sentiment and perplexity;
+then greedy completions through every backend, and the parity table (max |Δlogit| against
+pytorch_hooks on the prompt).
 
 A user error (a bad option value, a spec the validation refuses, a model that cannot be
 loaded, a backend that cannot be imported) is one line on stderr and exit status 2;
@@ -33,7 +37,16 @@ import torch
 from . import BACKENDS, backend
 from .compare import compare
 from .layout import LAYOUTS, dims
-from .models import DEFAULT_MODEL, LOVE_HATE, LOVE_HATE_X_VECTOR, OFFLINE_MODELS, RANDOM_CONFIGS, load
+from .models import (
+    DEFAULT_MODEL,
+    LOVE_HATE,
+    LOVE_HATE_X_VECTOR,
+    OFFLINE_MODELS,
+    RANDOM_CONFIGS,
+    SENTIMENT,
+    load,
+    sentiment_spec,
+)
 from .parity import (
     REFERENCE,
     format_table,
@@ -80,6 +93,7 @@ def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], allowed: 
 _TEXT = _checked(str, bool, "any non-empty text")
 _FINITE = _checked(float, math.isfinite, "a finite number")
 _COUNT = _checked(int, lambda n: n >= 1, "an integer >= 1")
+_COUNT_OR_ZERO = _checked(int, lambda n: n >= 0, "an integer >= 0")
 _NON_NEGATIVE = _checked(float, lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
 _PROBABILITY = _checked(float, lambda p: 0 < p <= 1, "a number in (0, 1]")
 
@@ -113,8 +127,8 @@ def _add_vector_args(parser: argparse.ArgumentParser, defaults: dict[str, tuple[
     )
     parser.add_argument("--dtype", choices=DTYPES, help="default: float32 on cpu, bfloat16 on a GPU")
     parser.add_argument("--prompt", default="I hate you because", type=_TEXT)
-    parser.add_argument("--plus", default="Love", type=_TEXT)
-    parser.add_argument("--minus", default="Hate", type=_TEXT)
+    parser.add_argument("--plus", type=_TEXT, help="default: Love")
+    parser.add_argument("--minus", type=_TEXT, help="default: Hate")
     parser.add_argument(
         "--layer", type=int, help=f"default per model type: {per_model} (gpt2: the original); others: the middle block"
     )
@@ -178,7 +192,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"run only these, of {', '.join(BACKENDS)} ({REFERENCE}, the reference, always runs); "
         "default: every importable one",
     )
-    parser.add_argument("--max-new-tokens", type=_COUNT, default=20)
+    parser.add_argument("--max-new-tokens", type=_COUNT, default=20, help="of the greedy completions")
+    parser.add_argument(
+        "--samples", type=_COUNT_OR_ZERO, default=3, help="sampled completions per column (60 tokens each); 0: none"
+    )
     parser.add_argument("--full-parity", action="store_true", help="also run the parity cases of the test suite")
     return parser.parse_args(argv)
 
@@ -210,17 +227,14 @@ def main_job(argv: list[str]) -> None:
     if args.model in RANDOM_CONFIGS:
         print("  (random weights: completions are gibberish; the point is that every backend agrees)")
 
-    layer, coeff = _layer_and_coeff(args, model, LOVE_HATE)
-    bos = tokenizer.bos_token or ""
-    vector = contrast_vector(model, tokenizer, args.plus, args.minus, layer, args.site, bos=bool(bos))
-    spec = SteeringSpec(layer, args.site, vector, coeff)
-    print(
-        f"vector: act({bos + args.plus!r}) - act({bos + args.minus!r}) at the last token, layer {layer} "
-        f"{args.site}, |v| = {vector.norm():.2f}, coeff {coeff}\n"
-    )
+    spec, name, how = _main_spec(args, model, tokenizer)
+    print(f"steering: {name}, {how}\n")
+    if args.samples:
+        print(f"Sampled completions, unsteered vs steered ({args.samples} seeds, scores by VADER):")
+        print(compare(model, tokenizer, args.prompt, [spec], n=args.samples, max_new_tokens=60), "\n")
 
     ids, mask = (t.to(args.device) for t in left_pad(tokenizer, [args.prompt]))
-    cases = {f"{args.plus} - {args.minus}": [spec]}
+    cases = {name: [spec]}
     if args.full_parity:
         cases |= parity_cases(*dims(model), scale=residual_rms(model, ids, mask) / 4)
     names = [name for name in BACKENDS if args.backend is None or name in (REFERENCE, *args.backend)]
@@ -228,6 +242,7 @@ def main_job(argv: list[str]) -> None:
     runners, skipped = make_runners(model, tokenizer, copy_for_bridge=False, names=names)
     _progress(args.full_parity, f"{len(cases)} parity cases: {REFERENCE} (the reference)")
     refs, table = reference_run(runners, cases, ids, mask)
+    print(f"Greedy completions, {args.max_new_tokens} tokens, through every backend:")
     print(f"{'unsteered':>24}: {tokenizer.decode(runners[0].generate(ids, mask, args.max_new_tokens)[0][0])!r}")
     for runner in runners:
         _progress(args.full_parity, f"{len(cases)} parity cases: {runner.name}")
@@ -240,6 +255,29 @@ def main_job(argv: list[str]) -> None:
     print("\nmax |Δlogit| against pytorch_hooks on the prompt (effect: steered vs unsteered)\n")
     print(format_table(table))
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
+
+
+def _main_spec(args: argparse.Namespace, model: Any, tokenizer: Any) -> tuple[SteeringSpec, str, str]:
+    """(spec, its name, how it was made): the measured sentiment spec of this model type, or a
+    Love - Hate contrast vector (the original) when there is none or the options ask for one."""
+    kind, (n_layers, _) = model.config.model_type, dims(model)
+    options = (args.plus, args.minus, args.layer, args.coeff)
+    if kind in SENTIMENT and all(value is None for value in options) and args.site == "resid_pre":
+        recipe, layer, relative = SENTIMENT[kind][1]
+        if not -n_layers <= layer < n_layers:
+            raise UsageError(
+                f"argument --layer: the measured {kind} setting steers block {layer}, but {args.model} has "
+                f"{n_layers} blocks; allowed: {-n_layers} to {n_layers - 1}"
+            )
+        spec = sentiment_spec(model, tokenizer, +1)
+        how = f"block {layer} resid_pre, coeff {spec.coeff:.4g} = {relative:g} x the block's median token norm"
+        return spec, recipe, f"{how} (the measured setting)"
+    plus, minus = args.plus or "Love", args.minus or "Hate"
+    layer, coeff = _layer_and_coeff(args, model, LOVE_HATE)
+    bos = tokenizer.bos_token or ""
+    vector = contrast_vector(model, tokenizer, plus, minus, layer, args.site, bos=bool(bos))
+    how = f"block {layer} {args.site}, coeff {coeff:.4g}: act({bos + plus!r}) - act({bos + minus!r}) at the last token"
+    return SteeringSpec(layer, args.site, vector, coeff), f"{plus} - {minus}", how
 
 
 def _progress(show: bool, step: str) -> None:
@@ -273,6 +311,7 @@ def compare_main(argv: list[str]) -> None:
     model, tokenizer, _ = _load(args)
     layer, coeff = _layer_and_coeff(args, model, LOVE_HATE_X_VECTOR)
     space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces
+    args.plus, args.minus = args.plus or "Love", args.minus or "Hate"
     spec = x_vector(model, tokenizer, args.plus, args.minus, coeff, layer, args.site, pad_token_id=space)
     target = model
     if args.backend == "transformer_lens_hooks":

@@ -211,8 +211,10 @@ def sentiment_spec(model, tokenizer, sign: int = 1):
     """The measured sentiment steering for this model type (SENTIMENT; sign +1 warmer, -1 colder).
 
     Model types without a measured setting get the original Love - Hate contrast vector at
-    LOVE_HATE's block and coefficient (GPT-2-XL: block 6, coeff 5), with the sign applied.
+    LOVE_HATE's block and coefficient (GPT-2-XL: block 6, coeff 5; other types: the middle
+    block, coeff 1), with the sign applied.
     """
+    from .layout import dims
     from .spec import SteeringSpec
     from .vectors import contrast_vector, load_reference_texts, relative_spec, residual_norm, sentiment_direction
 
@@ -223,7 +225,7 @@ def sentiment_spec(model, tokenizer, sign: int = 1):
         recipe, layer, relative = SENTIMENT[kind][sign]
         norm = residual_norm(model, tokenizer, load_reference_texts(), layer)
         return relative_spec(sentiment_direction(model, tokenizer, recipe, layer), layer, relative, norm)
-    layer, coeff = LOVE_HATE[kind]
+    layer, coeff = LOVE_HATE.get(kind, (dims(model)[0] // 2, 1.0))  # no default: the middle block
     return SteeringSpec(layer, "resid_pre", contrast_vector(model, tokenizer, "Love", "Hate", layer), sign * coeff)
 
 

@@ -152,7 +152,8 @@ def test_main_job_end_to_end_in_bfloat16_on_cpu():
     result = run_cli(*args, "--max-new-tokens", "3")
     assert result.returncode == 0, result.stderr
     assert "model tiny-gpt2-random loaded in" in result.stdout and "(bfloat16 on cpu)" in result.stdout
-    assert "layer 2 resid_pre" in result.stdout
+    assert "steering: Love - Hate, block 2 resid_pre, coeff 5" in result.stdout  # gpt2: the original coeff
+    assert result.stdout.count("seed 2: ") == 2 and "mean sentiment (VADER): unsteered" in result.stdout  # 3 samples
     rows = backend_rows(result.stdout)
     assert set(rows) == set(BACKENDS)  # every backend: a completion, or why it was skipped
     for name, row in rows.items():
@@ -173,12 +174,13 @@ def test_any_saved_folder_runs_and_a_type_without_defaults_takes_the_middle_bloc
 
     llama = run_cli("--model", str(tmp_path / "tiny-llama-random"), "--layer", "-1", *common)
     assert llama.returncode == 0, llama.stderr
-    assert "layer -1 resid_pre" in llama.stdout and "coeff 1.0" in llama.stdout  # llama's measured coeff
+    assert "block -1 resid_pre, coeff 1:" in llama.stdout  # --layer given: a contrast vector, llama coeff 1
     assert set(backend_rows(llama.stdout)) == {"custom_wrapper", "pytorch_hooks"}  # --backend, plus the reference
 
     qwen2 = run_cli("--model", str(tmp_path / "tiny-qwen2-random"), *common)  # no --layer: 4 blocks -> 2
     assert qwen2.returncode == 0, qwen2.stderr
-    assert "layer 2 resid_pre" in qwen2.stdout and "coeff 1.0" in qwen2.stdout and "(bfloat16 on cpu)" in qwen2.stdout
+    assert "steering: Love - Hate, block 2 resid_pre, coeff 1:" in qwen2.stdout  # no measured setting for qwen2
+    assert "(bfloat16 on cpu)" in qwen2.stdout
 
 
 def test_full_parity_shows_its_progress_on_stderr():
