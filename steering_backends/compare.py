@@ -382,13 +382,16 @@ def steering_magnitudes(
 
 
 def plot_magnitudes(ratios: dict[tuple[int, str], torch.Tensor], tokens: Sequence[str]):
-    """Bar chart of steering_magnitudes, one group of bars per prompt token. Returns the Figure."""
+    """Bar chart of steering_magnitudes, one group of bars per prompt token, with a dashed line
+    at 1 (an addition as large as the residual itself). Returns the Figure."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tokens)), 3.5))
     width = 0.8 / len(ratios)
     for i, ((layer, site), ratio) in enumerate(ratios.items()):
         ax.bar([t + i * width for t in range(len(tokens))], ratio.cpu().tolist(), width, label=f"block {layer} {site}")
+    # A ratio of 1: the addition is as large as the residual it joins; far above it, it replaces it.
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="as large as the residual itself")
     ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tokens))])
     ax.set_xticklabels([repr(t)[1:-1] for t in tokens], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("|addition| / |residual|")

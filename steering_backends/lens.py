@@ -69,8 +69,16 @@ def plot_lens(unsteered: LensResult, steered: LensResult, tokens: Sequence[str],
 
     ``tokens``: the prompt's tokens as text, for the x axis. For "loss", column t is the
     loss of predicting token t + 1, so the axis is labelled with the token being predicted.
+
+    Colour scales: loss on a log scale (early blocks of a trained model sit far above the
+    few nats of the last ones, which a linear scale paints one colour); probability on
+    0 ... 1; the difference on a diverging scale centred at 0, bounded by the 98th
+    percentile of the nonzero changes so that one extreme cell does not wash out the rest
+    (cells beyond it take the end colours, marked by the colour bar's arrows).
     """
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm, Normalize
 
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is unknown; allowed: {', '.join(METRICS)}")
@@ -78,22 +86,27 @@ def plot_lens(unsteered: LensResult, steered: LensResult, tokens: Sequence[str],
     labels = [repr(t)[1:-1] for t in (tokens[1:] if metric == "loss" else tokens)]
     if before.shape[1] != len(labels):
         raise ValueError(f"tokens has {len(tokens)} entries, but the lens covers {unsteered.top_prob.shape[1]}")
-    low, high = min(before.min(), after.min()), max(before.max(), after.max())
+    if metric == "loss":  # losses are >= 0; below 0.05 nats the prediction is as good as certain
+        low = max(0.05, float(min(before.min(), after.min())))
+        scale = LogNorm(vmin=low, vmax=max(float(max(before.max(), after.max())), 2 * low), clip=True)
+    else:
+        scale = Normalize(vmin=0.0, vmax=1.0)
     change = after - before
-    bound = abs(change).max() or 1.0
+    moved = np.abs(change[change != 0])
+    bound = float(np.percentile(moved, 98)) if moved.size else 1.0
     fig, axes = plt.subplots(1, 3, figsize=(max(12.0, 1.3 * len(labels)), 0.12 * len(before) + 3.0))
     panels = [
-        (before, "unsteered", "viridis", low, high),
-        (after, "steered", "viridis", low, high),
-        (change, "steered - unsteered", "RdBu_r", -bound, bound),
+        (before, "unsteered", "viridis", scale, "neither"),
+        (after, "steered", "viridis", scale, "neither"),
+        (change, "steered - unsteered", "RdBu_r", Normalize(vmin=-bound, vmax=bound), "both"),
     ]
-    for ax, (data, title, cmap, vmin, vmax) in zip(axes, panels, strict=True):
-        image = ax.imshow(data, aspect="auto", origin="lower", cmap=cmap, vmin=vmin, vmax=vmax)
+    for ax, (data, title, cmap, norm, extend) in zip(axes, panels, strict=True):
+        image = ax.imshow(data, aspect="auto", origin="lower", cmap=cmap, norm=norm)
         ax.set_title(title)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         ax.set_xlabel("predicting" if metric == "loss" else "position")
-        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.colorbar(image, ax=ax, fraction=0.046, extend=extend)
     axes[0].set_ylabel("block")
     fig.suptitle(f"Logit lens: {METRICS[metric]}")
     fig.tight_layout()
