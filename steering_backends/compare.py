@@ -144,7 +144,7 @@ class Summary:
         )
 
 
-@dataclass
+@dataclass(repr=False)
 class Comparison:
     """Unsteered and steered completions; row i of both used prompt ``prompts[i]`` and seed ``seeds[i]``."""
 
@@ -160,6 +160,9 @@ class Comparison:
             raise ValueError(f"expect={self.expect!r} must be 1 (more positive) or -1 (more negative)")
         if not len(self.prompts) == len(self.seeds) == len(self.unsteered) == len(self.steered) > 0:
             raise ValueError("Comparison: prompts, seeds, unsteered and steered must be non-empty and equally long")
+
+    def __repr__(self) -> str:  # short: str() and the HTML table show the rows
+        return f"<Comparison of {len(self.seeds)} rows: {self.summary()}>".replace("\n", "; ")
 
     def summary(self) -> Summary:
         def mean(values: list[float]) -> float:

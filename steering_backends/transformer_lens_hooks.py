@@ -13,8 +13,14 @@ Gotchas:
       components. ``bridge_from_hf`` therefore works on a deep copy unless told not to.
     * ``bridge("some text")`` prepends BOS by default; HF's GPT-2 tokenizer does not.
       Pass token ids, tokenized once, to compare with other backends.
-    * ``bridge.hooks(...)`` resets *every* hook on exit, which would break nested
-      steering; we add and remove only our own handles.
+    * A tokenizer built in memory (never saved) has no ``name_or_path``, from which
+      TransformerLens reloads it to turn on ``add_bos_token`` (``KeyError: 'name_or_path'``);
+      ``bridge_from_hf`` turns it on in a copy instead.
+
+Why not ``bridge.hooks(fwd_hooks=...)``? It would work: in TransformerLens 4.3 it removes
+only the handles it added, even on error. We add ours with ``HookPoint.add_hook`` so that
+one ExitStack owns every handle, including the decoder's pre-hook, which is a plain
+PyTorch hook, not a hook point.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ def bridge_from_hf(model: torch.nn.Module, tokenizer: Any, copy_model: bool = Tr
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if tokenizer.bos_token is not None and not tokenizer.init_kwargs.get("name_or_path"):
+        # Built in memory: TransformerLens would reload it from name_or_path with
+        # add_bos_token=True. Turn that on in a copy, which it then keeps as it is.
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_bos_token = True
+        tokenizer.init_kwargs.update(name_or_path="", add_bos_token=True)
     model = copy.deepcopy(model) if copy_model else model
     return TransformerBridge.boot_transformers(
         model.config.name_or_path or type(model).__name__, hf_model=model, tokenizer=tokenizer, dtype=model.dtype
@@ -69,5 +81,6 @@ def steer(bridge: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[to
 
 
 def _remove(hook_point: Any, lens_handle: Any) -> None:
-    hook_point.fwd_hooks.remove(lens_handle)
+    # Filtered, not list.remove: a bridge.reset_hooks() inside the block may have removed it already.
+    hook_point.fwd_hooks[:] = [handle for handle in hook_point.fwd_hooks if handle is not lens_handle]
     lens_handle.hook.remove()

@@ -1,0 +1,975 @@
+"""Write notebooks 01-05 from one skeleton, so that they differ only where the backend does.
+
+    python notebooks/backend_skeleton.py            # rewrite the five notebooks, without outputs
+    python notebooks/execute.py 01_custom_wrapper.ipynb   # then run one and save its outputs
+
+Every notebook gets the same headings and cells in the same order; a cell is either shared
+text or one entry per backend. Edit here, not in the .ipynb files: a rewrite drops outputs,
+so re-run the notebooks afterwards.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "transformer_lens_hooks", "bias_editing")
+NOTEBOOKS = dict(
+    zip(
+        BACKENDS,
+        [
+            "01_custom_wrapper.ipynb",
+            "02_pytorch_hooks.ipynb",
+            "03_baukit_tracedict.ipynb",
+            "04_transformer_lens.ipynb",
+            "05_bias_editing.ipynb",
+        ],
+        strict=True,
+    )
+)
+
+
+def text(source: str) -> str:
+    return textwrap.dedent(source).strip("\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preamble
+
+TITLE = {
+    "custom_wrapper": "# 01 · Steering with a custom module wrapper",
+    "pytorch_hooks": "# 02 · Steering with PyTorch hooks",
+    "baukit_tracedict": "# 03 · Steering with baukit's `Trace`",
+    "transformer_lens_hooks": "# 04 · Steering with TransformerLens hook points",
+    "bias_editing": "# 05 · Steering by editing biases, with no hooks",
+}
+GOAL = {
+    "custom_wrapper": "Put a small module in place of one block: it keeps or edits what the block is called with, "
+    "then calls the block. No hooks at all: the model simply runs a different module.",
+    "pytorch_hooks": "Register a forward pre-hook on one block that caches its input, then one that returns its "
+    "input plus a vector. This is the plainest way to steer a PyTorch model, and the reference the other "
+    "backends are compared with.",
+    "baukit_tracedict": 'baukit names modules by their dotted names: `Trace(model, "model.layers.18", '
+    "retain_input=True)` keeps a block's input, and `edit_output=` rewrites a module's output. It edits "
+    "outputs only, so steering block L's input means editing the output of the module before it.",
+    "transformer_lens_hooks": "TransformerLens names every activation: `blocks.{L}.hook_resid_pre` is block L's "
+    "input. Read it with `run_with_cache`, and steer it with a hook function passed to `run_with_hooks`.",
+    "bias_editing": "A constant added to a layer's output is a constant added to its bias: editing the bias "
+    "that ends block L − 1 steers block L's input with no code running in the forward. There is nothing to "
+    "hook, so activations are read with HF's own `output_hidden_states=True`.",
+}
+LEARN = {
+    "custom_wrapper": [
+        "how a wrapper that keeps its input reads a block's input (`resid_pre`), and how one that adds to it steers;",
+        "why a wrapper must answer attribute lookups for the block it stands in for;",
+    ],
+    "pytorch_hooks": [
+        "how a forward pre-hook caches a block's input, and how one that returns a new input steers;",
+        "how a forward hook edits an output that may be a tuple or a tensor, and when `hidden_states` shows it;",
+    ],
+    "baukit_tracedict": [
+        "how `Trace(...).input` / `.output` read a module, and `edit_output=` steers;",
+        "why block L's input is edited as block L − 1's output, and as the embedding's output at block 0;",
+    ],
+    "transformer_lens_hooks": [
+        "how to boot TransformerLens 4's `TransformerBridge` from a loaded HF model, with no hub call;",
+        "`run_with_cache`, `run_with_hooks` and `bridge.hooks(...)`, and the BOS token TransformerLens adds;",
+    ],
+    "bias_editing": [
+        "the `hidden_states[L]` / `hidden_states[L + 1]` convention of `output_hidden_states=True`;",
+        "why `x @ W + (b + v)` steers like `(x @ W + b) + v`, and how a bias-free projection gets a temporary bias;",
+    ],
+}
+LIBRARY_FILE = {name: f"steering_backends/{name}.py" for name in BACKENDS}
+
+
+def preamble(name: str) -> str:
+    learn = "\n".join(f"- {line}" for line in LEARN[name])
+    return "\n".join(
+        [
+            TITLE[name],
+            "",
+            GOAL[name],
+            "",
+            "**You will learn**",
+            "- to read the Love − Hate vector this way, and check it against the library;",
+            learn,
+            f"- that the library file `{LIBRARY_FILE[name]}` gives the same logits, and what the measured "
+            "setting does to sampled text.",
+            "",
+            "**Model.** `STEERING_MODEL` picks it: the default, `smollm2-135m`, is SmolLM2-135M-Instruct with real "
+            "weights, offline on a CPU (Llama architecture, blocks in `model.model.layers`); `gpt2-xl` runs where "
+            "the model hub is reachable (blocks in `model.transformer.h`). Re-run with "
+            f"`python notebooks/execute.py {NOTEBOOKS[name]}`.",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Setup
+
+IMPORTS = {
+    "custom_wrapper": "import contextlib\n",
+    "pytorch_hooks": "import contextlib\n",
+    "baukit_tracedict": "import contextlib\n",
+    "transformer_lens_hooks": "",
+    "bias_editing": "import contextlib\n",
+}
+THIRD_PARTY = {name: "" for name in BACKENDS} | {"baukit_tracedict": "from baukit import Trace\n"}
+FIRST_PARTY = {name: "" for name in BACKENDS} | {
+    "transformer_lens_hooks": "from steering_backends.transformer_lens_hooks import bridge_from_hf\n"
+}
+
+
+def setup_code(name: str) -> str:
+    return (
+        f"{IMPORTS[name]}import os\nimport sys\nimport warnings\n\n"
+        'warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, without notebook widgets\n'
+        'sys.path.insert(0, os.path.abspath(".."))  # the notebooks run from notebooks/; the package is one up\n'
+        f"import torch\nimport transformers\n{THIRD_PARTY[name]}\n"
+        "from steering_backends import SteeringSpec\n"
+        "from steering_backends.compare import compare\n"
+        "from steering_backends.models import load, sentiment_spec\n"
+        f"{FIRST_PARTY[name]}"
+        "from steering_backends.vectors import contrast_vector\n\n"
+        "transformers.utils.logging.disable_progress_bar()  # keeps the saved outputs readable\n"
+        "transformers.utils.logging.set_verbosity_error()  # generate's notes on SmolLM2's sampling defaults\n"
+        'MODEL = os.environ.get("STEERING_MODEL", "smollm2-135m")\n'
+        "torch.manual_seed(0)\n"
+        "torch.set_grad_enabled(False)  # inference only: no activations are kept for a backward pass\n"
+        'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
+        "model, tokenizer = load(MODEL)\n"
+        "model = model.to(device).eval()\n"
+        'blocks = model.model.layers if hasattr(model, "model") else model.transformer.h  # Llama-like / GPT-2\n'
+        'print(f"{MODEL}: {len(blocks)} blocks, d_model {model.config.hidden_size}, on {device}")'
+    )
+
+
+TOKENS = '''
+def tokens(text: str) -> torch.Tensor:
+    """[1, T] ids on the model's device: BOS, then the text (BOS keeps the first word off the attention sink)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor([[tokenizer.bos_token_id, *ids]], device=device)
+'''
+MODEL_STATE = '''
+def model_state(net: torch.nn.Module) -> list:
+    """Each module's name, class, own parameter names and hook counts: what steering must leave as it was."""
+    state = []
+    for name, m in net.named_modules():
+        params = [p for p, _ in m.named_parameters(recurse=False)]
+        state.append((name, type(m).__name__, params, len(m._forward_pre_hooks), len(m._forward_hooks)))
+    return state
+'''
+MEASURED = """
+warm = sentiment_spec(model, tokenizer, +1)  # the setting chosen by measurement, as a SteeringSpec
+cold = sentiment_spec(model, tokenizer, -1)
+for label, spec in [("warm", warm), ("cold", cold)]:
+    print(f"{label}: block {spec.layer} {spec.site}, coeff {spec.coeff:+.1f}, |vector| {spec.vector.norm():.2f}")
+"""
+HF_HELPERS = (
+    text(TOKENS)
+    + '''
+
+
+def complete(ids: torch.Tensor, n_new: int = 20) -> str:
+    """Greedy continuation of ids [1, T], decoded with the KV cache."""
+    settings = dict(max_new_tokens=n_new, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), **settings)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+'''
+    + text(MODEL_STATE)
+    + """
+
+
+prompt = tokens("I hate you because")
+unsteered_logits, unsteered_text = model(prompt).logits, complete(prompt)
+# transformers 5 hooks every block the first time output_hidden_states=True is used: do it before
+# the snapshot, so that the self-check at the end finds exactly these hooks and no others.
+model(prompt, output_hidden_states=True)
+state_at_start = model_state(model)
+"""
+    + text(MEASURED)
+)
+BRIDGE_HELPERS = (
+    "bridge = bridge_from_hf(model, tokenizer)  # a copy: the bridge takes over the HF model it wraps\n\n\n"
+    + text(TOKENS)
+    + '''
+
+
+def complete(ids: torch.Tensor, n_new: int = 20) -> str:
+    """Greedy continuation of ids [1, T] through the bridge, with its KV cache."""
+    out = bridge.generate(ids, max_new_tokens=n_new, do_sample=False, stop_at_eos=False, verbose=False)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+'''
+    + text(MODEL_STATE)
+    + """
+
+
+prompt = tokens("I hate you because")
+unsteered_logits, unsteered_text = bridge(prompt), complete(prompt)
+# The bridge hooks its blocks on its first run, and transformers 5 the wrapped model's on the first
+# cached run: do both before the snapshot, so that the self-check at the end finds these and no others.
+bridge.run_with_cache(prompt)
+state_at_start = model_state(bridge)
+"""
+    + text(MEASURED)
+)
+HELPERS = {name: HF_HELPERS for name in BACKENDS} | {"transformer_lens_hooks": BRIDGE_HELPERS}
+
+# ---------------------------------------------------------------------------------------------
+# 2. Reading activations
+
+READING_INTRO = (
+    "## 2. Reading activations: the Love − Hate vector\n\n"
+    "The classic steering vector is a difference of activations: the residual stream at block L's input "
+    '(`resid_pre`) for BOS + "Love" minus the same for BOS + "Hate", at the last token. BOS keeps the word off '
+    "position 0, where trained models park an *attention sink* about 100× larger than the other tokens. "
+    "Read it at the block the measured setting steers, `warm.layer`.\n\n"
+)
+READING_MD = {
+    "custom_wrapper": "A wrapper reads it: a module that stands in for the block, keeps what it was called with, "
+    "and calls the block.",
+    "pytorch_hooks": "A forward pre-hook reads it: it runs just before the block, sees the block's arguments and "
+    "keeps the first one, the hidden states.",
+    "baukit_tracedict": "`Trace` reads it: `retain_input=True` keeps the input of the named module, "
+    "`retain_output=True` (the default) its output.",
+    "transformer_lens_hooks": "`run_with_cache` reads it: one forward that returns the logits and a cache keyed by "
+    "hook name. Given a string, TransformerLens tokenizes it and prepends BOS itself.",
+    "bias_editing": "Bias editing has no way to read activations, so read them with HF's own "
+    "`output_hidden_states=True`: `n_layers + 1` tensors `[batch, pos, d_model]`, where `hidden_states[L]` is "
+    "block L's input and `hidden_states[L + 1]` its output.",
+}
+READING_CODE = {
+    "custom_wrapper": '''
+class Wrapper(torch.nn.Module):
+    """Stands in for a block: holds it, and answers every attribute lookup as the block would."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # our own parameters, buffers and submodules (self.block)
+        except AttributeError:
+            return getattr(self.block, name)  # anything else: ask the block
+
+
+class KeepInput(Wrapper):
+    """Keeps the hidden states [batch, pos, d_model] the block is called with: its resid_pre."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.kept = hidden_states
+        return self.block(hidden_states, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def swapped(layer: int, wrapper: Wrapper):
+    """blocks[layer] is `wrapper` inside the block; the original is back on exit, even on error."""
+    original = blocks[layer]
+    blocks[layer] = wrapper
+    try:
+        yield wrapper
+    finally:
+        blocks[layer] = original
+
+
+def resid_pre(text: str, layer: int) -> torch.Tensor:
+    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    with swapped(layer, KeepInput(blocks[layer])) as keep:
+        model(tokens(text))
+    return keep.kept[0, -1]
+''',
+    "pytorch_hooks": '''
+def resid_pre(text: str, layer: int) -> torch.Tensor:
+    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    cache = {}
+
+    def keep_input(module, args, kwargs):  # runs before the block; the hidden states come first
+        cache["resid_pre"] = args[0] if args else kwargs["hidden_states"]  # [batch, pos, d_model]
+
+    handle = blocks[layer].register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        model(tokens(text))
+    finally:
+        handle.remove()  # hooks are global state: always remove them
+    return cache["resid_pre"][0, -1]
+''',
+    "baukit_tracedict": '''
+BLOCKS = "model.layers" if hasattr(model, "model") else "transformer.h"  # as named_modules() spells them
+
+
+def resid_pre(text: str, layer: int) -> torch.Tensor:
+    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    with Trace(model, f"{BLOCKS}.{layer}", retain_input=True, retain_output=False) as trace:
+        model(tokens(text))
+    # .input is the block's positional argument, or a tuple of them (GPT-2 blocks get four)
+    hidden = trace.input if torch.is_tensor(trace.input) else trace.input[0]  # [batch, pos, d_model]
+    return hidden[0, -1]
+''',
+    "transformer_lens_hooks": '''
+def resid_pre(text: str, layer: int) -> torch.Tensor:
+    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    _, cache = bridge.run_with_cache(text, names_filter=name)  # a string: TransformerLens prepends BOS
+    return cache[name][0, -1]  # cache[name]: [batch, pos, d_model]
+''',
+    "bias_editing": '''
+def resid_pre(text: str, layer: int) -> torch.Tensor:
+    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    hidden_states = model(tokens(text), output_hidden_states=True).hidden_states  # n_layers + 1 x [batch, pos, d]
+    return hidden_states[layer][0, -1]  # [layer]: block layer's input; [layer + 1]: its output
+''',
+}
+READ_VECTOR = """
+
+
+love_hate = resid_pre("Love", warm.layer) - resid_pre("Hate", warm.layer)  # [d_model]
+print(f"Love − Hate at block {warm.layer}'s input: |v| = {love_hate.norm():.1f}")"""
+CHECK_VECTOR = {
+    name: (
+        'library_love_hate = contrast_vector(model, tokenizer, "Love", "Hate", warm.layer)  # read with a hook\n'
+        "assert torch.equal(love_hate, library_love_hate)  # the same forward pass, so bitwise the same\n"
+        'print("inline == steering_backends.vectors.contrast_vector, bitwise")'
+    )
+    for name in BACKENDS
+} | {
+    "transformer_lens_hooks": (
+        'library_love_hate = contrast_vector(model, tokenizer, "Love", "Hate", warm.layer)  # the HF model, a hook\n'
+        "gap = ((love_hate - library_love_hate).norm() / library_love_hate.norm()).item()\n"
+        "# The bridge computes attention its own way, so float rounding differs: measured at most 1.3e-6\n"
+        "# (relative) on SmolLM2 over all 30 blocks; 1e-5 leaves 8x headroom.\n"
+        "assert gap < 1e-5, gap\n"
+        'print(f"bridge vs steering_backends.vectors.contrast_vector on HF: relative difference {gap:.1e}")'
+    )
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. Steering inline
+
+STEER_INTRO = (
+    "## 3. Steering, written inline\n\n"
+    "The measured setting adds `warm.coeff × warm.vector` to block `warm.layer`'s input at every position. "
+)
+STEER_MD = {
+    "custom_wrapper": "A wrapper that adds it to its input and then calls the block does that. During `generate` "
+    "the wrapper runs at every decoding step, on the one new token, so generated tokens are steered too.",
+    "pytorch_hooks": "A forward pre-hook registered with `with_kwargs=True` may return replacement arguments: the "
+    "hidden states plus the addition. They come first, positionally or as `hidden_states=`. During `generate` "
+    "the hook runs at every decoding step, on the one new token.",
+    "baukit_tracedict": "`Trace` edits outputs only, so add it to the output of the module that feeds block "
+    "`warm.layer`: block `warm.layer − 1`, or the embedding when the layer is 0. `edit_output(output)` returns "
+    "the replacement.",
+    "transformer_lens_hooks": "A hook function `fn(activation, hook)` returns the new activation. "
+    "`run_with_hooks` runs one forward with it and removes it afterwards; `generate` runs many forwards, so there "
+    "the `bridge.hooks(...)` context manager keeps it on for the whole block.",
+    "bias_editing": "Block L's input is block L − 1's output, and the last thing block L − 1 adds to the residual "
+    "stream is its MLP's output projection, `x @ W + b`. Adding the vector to `b` adds it to block L's input at "
+    "every position, with no code in the forward. Llama's `down_proj` has no bias, so it gets one for the "
+    "duration; GPT-2's `c_proj` has one, saved and restored bitwise.",
+}
+ADDITION = "addition = (warm.coeff * warm.vector).to(device)  # [d_model]\n"
+SHOW_GREEDY = '\nprint(f"unsteered: {unsteered_text!r}\\n   inline: {inline_text!r}")'
+STEER_CODE = {
+    "custom_wrapper": '''
+class AddToInput(Wrapper):
+    """block(hidden + addition, ...): steers resid_pre. hidden: [batch, pos, d_model]."""
+
+    def __init__(self, block: torch.nn.Module, addition: torch.Tensor) -> None:
+        super().__init__(block)
+        self.addition = addition  # [d_model], broadcast over batch and positions
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.block(hidden_states + self.addition, *args, **kwargs)  # a new tensor: the caller's is intact
+
+
+'''
+    + ADDITION
+    + """with swapped(warm.layer, AddToInput(blocks[warm.layer], addition)):
+    inline_logits, inline_text = model(prompt).logits, complete(prompt)""",
+    "pytorch_hooks": '''
+@contextlib.contextmanager
+def add_to_input(layer: int, addition: torch.Tensor):
+    """Inside the block, blocks[layer] is called with hidden + addition. hidden: [batch, pos, d_model]."""
+
+    def hook(module, args, kwargs):  # returns the replacement (args, kwargs)
+        if args:  # a new tensor, not an in-place add: the caller's stays intact
+            return (args[0] + addition, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + addition}
+
+    handle = blocks[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+'''
+    + ADDITION
+    + """with add_to_input(warm.layer, addition):
+    inline_logits, inline_text = model(prompt).logits, complete(prompt)""",
+    "baukit_tracedict": '''
+EMBED = "model.embed_tokens" if hasattr(model, "model") else "transformer.drop"  # its output is block 0's input
+
+
+def feeding(layer: int) -> str:
+    """Name of the module whose output is block `layer`'s input: the block before it, or the embedding."""
+    return f"{BLOCKS}.{layer - 1}" if layer > 0 else EMBED
+
+
+@contextlib.contextmanager
+def add_to_input(layer: int, addition: torch.Tensor):
+    """Inside the block, block `layer`'s input is hidden + addition. hidden: [batch, pos, d_model]."""
+
+    def edit(output):  # the return value replaces the module's output
+        if isinstance(output, tuple):  # transformers 4 blocks: (hidden, ...)
+            return (output[0] + addition, *output[1:])
+        return output + addition  # a new tensor, not an in-place add: the original may be read elsewhere
+
+    with Trace(model, feeding(layer), retain_output=False, edit_output=edit):
+        yield
+
+
+'''
+    + ADDITION
+    + """with add_to_input(warm.layer, addition):
+    inline_logits, inline_text = model(prompt).logits, complete(prompt)""",
+    "transformer_lens_hooks": """
+def add(addition: torch.Tensor):
+    def hook_fn(resid, hook):  # resid: [batch, pos, d_model]; returns a new tensor, the cached one is intact
+        return resid + addition
+
+    return hook_fn
+
+
+"""
+    + ADDITION
+    + """fwd_hooks = [(f"blocks.{warm.layer}.hook_resid_pre", add(addition))]
+inline_logits = bridge.run_with_hooks(prompt, fwd_hooks=fwd_hooks)
+with bridge.hooks(fwd_hooks=fwd_hooks):  # generate: the hook stays on for every decoding step
+    inline_text = complete(prompt)""",
+    "bias_editing": '''
+@contextlib.contextmanager
+def add_to_input(layer: int, addition: torch.Tensor):
+    """Inside the block, block `layer`'s input (layer >= 1) is hidden + addition, through a bias of block layer - 1."""
+    mlp = blocks[layer - 1].mlp
+    proj = mlp.down_proj if hasattr(mlp, "down_proj") else mlp.c_proj  # Llama-like / GPT-2: it ends the block
+    saved = None if proj.bias is None else proj.bias.detach().clone()
+    with torch.no_grad():  # a parameter that requires grad cannot be edited in place otherwise
+        if saved is None:  # a bias-free Linear: give it a bias that is exactly the addition
+            proj.bias = torch.nn.Parameter(addition.clone(), requires_grad=False)
+        else:
+            proj.bias += addition
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            if saved is None:
+                proj.register_parameter("bias", None)  # as it was: no bias at all
+            else:
+                proj.bias.copy_(saved)  # bitwise; subtracting the vector again would leave rounding errors
+
+
+'''
+    + ADDITION
+    + """with add_to_input(warm.layer, addition):
+    inline_logits, inline_text = model(prompt).logits, complete(prompt)""",
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. The library file
+
+LIBRARY_EXTRA = {
+    "custom_wrapper": "wraps the decoder too, to record token positions, and",
+    "pytorch_hooks": "adds a pre-hook on the decoder to record token positions, and",
+    "baukit_tracedict": "uses `TraceDict` for every name at once plus one plain PyTorch pre-hook for token "
+    "positions (baukit's hooks see no keyword arguments), and",
+    "transformer_lens_hooks": "adds one plain PyTorch pre-hook on the wrapped HF decoder for token positions "
+    "(a hook function sees no attention mask), and",
+    "bias_editing": "",
+}
+LIBRARY_AFTER = {name: "" for name in BACKENDS} | {
+    "transformer_lens_hooks": " Against plain HF the bridge differs by float rounding, since it computes "
+    "attention its own way (bounded in the self-check).",
+    "bias_editing": " Against a hook it differs by rounding: `x @ W + (b + v)` sums in another order than "
+    "`(x @ W + b) + v` (bounded in the self-check).",
+}
+
+
+def library_md(name: str) -> str:
+    scope = (
+        "for any list of `[d_model]` `SteeringSpec`s at any site and block"
+        if name == "bias_editing"
+        else "for any list of `SteeringSpec`s: several sites and blocks, per-position vectors, padding- and "
+        "KV-cache-aware positions"
+    )
+    extra = f" {LIBRARY_EXTRA[name]}" if LIBRARY_EXTRA[name] else ""
+    return (
+        "## 4. The same through the library file\n\n"
+        f"`{LIBRARY_FILE[name]}` does this {scope}. It validates every spec before touching the model,{extra} "
+        f"{'' if extra else 'and '}puts everything back in `finally`. On this spec it must give bitwise the "
+        "logits and the greedy text of the inline version (asserted in the self-check)."
+        f"{LIBRARY_AFTER[name]} The greedy texts are there to be compared token for token; section 5 judges the "
+        "effect."
+    )
+
+
+def library_code(name: str) -> str:
+    net = "bridge" if name == "transformer_lens_hooks" else "model"
+    logits = "bridge(prompt)" if name == "transformer_lens_hooks" else "model(prompt).logits"
+    return (
+        f"from steering_backends.{name} import steer\n\n"
+        f"with steer({net}, [warm]):\n"
+        f"    library_logits, library_text = {logits}, complete(prompt)\n"
+        'print(f"  library: {library_text!r}")'
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Sampled completions
+
+COMPARE_MD = {
+    name: "## 5. Sampled completions, scored\n\n"
+    "`sentiment_spec` gives the setting a sweep chose by measurement (`steering_backends/models.py`, "
+    "`SENTIMENT`): recipe, block and coefficient, for warmer (`warm`) and colder (`cold`) text (a model type "
+    "without a measured setting gets the original Love − Hate one). `compare` samples "
+    f"each prompt with a few seeds, unsteered beside steered through `{name}` (the same seed in both columns, so "
+    "steering is the only difference), and scores every completion: VADER sentiment from −1 to +1, and "
+    "perplexity under the *unsteered* model (higher: less fluent). The last row gives the means."
+    for name in BACKENDS
+}
+PROMPTS = 'prompts = ["I hate you because", "My first day at the new school was"]  # held out from the sweep\n'
+
+
+def compare_code(name: str, spec: str, expect: str) -> str:
+    if name == "transformer_lens_hooks":
+        net, n = "bridge", "n=1"
+    else:
+        net, n = "model", "n=2"
+    call = f'compare({net}, tokenizer, prompts, [{spec}], backend="{name}", {n}, max_new_tokens=60, expect={expect})'
+    note = "# the bridge samples row by row, unbatched: one seed per prompt keeps it quick\n" if net == "bridge" else ""
+    return (PROMPTS if spec == "warm" else "") + note + call
+
+
+COMMENT_MD = (
+    "<!-- COMMENT: revisit after final run -->\n"
+    "Read the summary rows: how many rows moved the expected way, by how much, and what it cost in fluency "
+    "(the perplexity ratio). A handful of rows illustrates the setting; the sweep's held-out report measures it."
+)
+
+# ---------------------------------------------------------------------------------------------
+# 6. Gotchas
+
+KV_CACHE = (
+    "> **Gotcha: KV-cache positions.** During `generate` every call after the first sees only the new token.\n"
+    "> A `[d_model]` vector is added everywhere, so that is fine; a vector for some positions only must count\n"
+    "> positions from the attention mask over cache + new tokens, as `spec.py` does, not from `arange(seq_len)`."
+)
+GOTCHA_MD = {
+    "custom_wrapper": f"""
+## 6. Gotchas
+
+> **Gotcha: the wrapper must answer for the block.** Whatever reads an attribute of `blocks[L]` while it is
+> wrapped asks the wrapper. In transformers 5.23 the supported architectures read none during `forward` or
+> `generate` (a wrapper that logs every lookup it passes on logs none for SmolLM2 or GPT-2), but older
+> versions did (transformers 4.5x's Qwen2 forward reads `decoder_layer.attention_type`), and so does your own
+> code (below). Without `__getattr__` passing lookups on, each of them raises `AttributeError`.
+
+> **Gotcha: tuple vs tensor.** In transformers 5 a block returns a tensor, in transformers 4 a tuple
+> `(hidden, ...)`. A wrapper on the block's *input* does not care; one on its output must handle both (exercise).
+
+{KV_CACHE}
+""",
+    "pytorch_hooks": f"""
+## 6. Gotchas
+
+> **Gotcha: hooks are global state.** A hook stays on the module until its handle is removed. Remove it in
+> `finally`, or an exception inside the block leaves the model steered.
+
+> **Gotcha: tuple vs tensor.** A forward hook's return value replaces the output, whatever its type: transformers
+> 5 decoder layers (Llama, GPT-2) return a tensor, transformers 4's `GPT2Block` a tuple `(hidden, ...)`, and
+> attention sublayers `(output, weights)`. Handle both (below: `resid_post` of block L − 1, which is block L's input).
+
+> **Gotcha: `hidden_states[L + 1]` is block L's output, and hooks change what it shows.** transformers 5 fills
+> `output_hidden_states` with forward hooks of its own. `hidden_states[0]` is block 0's input as block 0 got it,
+> *after* your pre-hooks ran, so it shows a pre-hook's addition at block 0; for L ≥ 1, `hidden_states[L]` is
+> block L − 1's output, recorded before block L's pre-hook runs, so it does not. A forward hook you add after
+> transformers added its own (on the first `output_hidden_states=True`) runs after them: `hidden_states[L + 1]`
+> does not show its edit either. (transformers 4 recorded each entry before calling the block: no pre-hook
+> addition showed, at any L.)
+
+{KV_CACHE}
+> (Exercise.)
+""",
+    "baukit_tracedict": f"""
+## 6. Gotchas
+
+> **Gotcha: outputs only.** `Trace` edits a module's output, never its input, so block L's input is edited as
+> block L − 1's output, and block 0's as the embedding's (Llama's `embed_tokens`; GPT-2's dropout after
+> `wte + wpe`). Reading is easier: `retain_input=True` keeps any block's input, block 0's included (below).
+
+> **Gotcha: `.input` is positional only.** baukit's hook sees no keyword arguments: `.input` is the first
+> positional argument, or a tuple when there are several. HF passes the attention mask and the KV cache as
+> keywords, so the library records token positions with one plain PyTorch pre-hook.
+
+> **Gotcha: a bad name leaves hooks behind.** `TraceDict` hooks each name as it goes; if a later name does not
+> exist, the earlier hooks stay on the model. The library resolves every name first.
+
+> **Gotcha: tuple vs tensor.** `edit_output` gets what the module returned: a tensor from transformers 5 blocks,
+> a tuple `(hidden, ...)` from transformers 4's, and from attention sublayers. Handle both.
+
+{KV_CACHE}
+""",
+    "transformer_lens_hooks": f"""
+## 6. Gotchas
+
+> **Gotcha: BOS.** TransformerLens prepends BOS to a string by default (`prepend_bos=True`); HF's GPT-2 tokenizer
+> does not. Tokenize once and give every backend the same ids (below).
+
+> **Gotcha: the legacy loader's weight processing.** TransformerLens 3's `HookedTransformer` (removed in 4)
+> folded layer norms and centred weights by default, so its logits did not match HF's. The 4.x bridge keeps
+> HF's raw weights; the self-check holds its logits within 5e-4 of HF's.
+
+> **Gotcha: the bridge takes over the model it wraps.** Its blocks are replaced by bridge components, so
+> `bridge_from_hf` works on a copy unless told not to.
+
+> **Gotcha: who removes which hooks.** `run_with_hooks` and `bridge.hooks(...)` remove only the hooks they added,
+> even on error (TransformerLens 4.3: `_remove_temporary_hook`); `bridge.reset_hooks()` removes every hook that
+> is not permanent, the library's included.
+
+{KV_CACHE}
+> A hook function sees only the activation, not the mask, so the library records positions with a plain
+> PyTorch pre-hook on the wrapped HF decoder.
+""",
+    "bias_editing": """
+## 6. Gotchas
+
+> **Gotcha: `hidden_states[L + 1]` is block L's output.** `hidden_states[0]` is the embeddings, so an edit inside
+> block L − 1 first shows in `hidden_states[L]` (below). In HF GPT-2 and Llama the last entry is taken after the
+> final norm: it is not the last block's output.
+
+> **Gotcha: only position-independent additions fit.** A bias is the same at every position: no per-position
+> (ActivationAddition) vector, no `start > 0`, and padding is steered too (harmless: attention never reads it).
+
+> **Gotcha: `resid_pre` of block 0** comes before any bias. GPT-2 absorbs it into every row of its position
+> table; a rotary model (Llama) has no table, so the library refuses it.
+
+> **Gotcha: restore bitwise; no gradient.** Copy the saved bias back in `finally`: subtracting the vector would
+> leave rounding errors in the weights. The vector is copied in, so no gradient reaches it; train vectors
+> through a hook backend.
+
+> **Gotcha: KV-cache positions** do not matter here: the bias is added at every position, cached or new.
+""",
+}
+GOTCHA_CODE = {
+    "custom_wrapper": """
+wrapper = AddToInput(blocks[warm.layer], addition)
+print(f"{type(wrapper).__name__}.mlp is the block's {type(wrapper.mlp).__name__}")  # answered by __getattr__
+assert wrapper.mlp is blocks[warm.layer].mlp
+""",
+    "pytorch_hooks": """
+def add_to_output(addition: torch.Tensor):
+    def hook(module, args, output):  # the return value replaces the output
+        if isinstance(output, tuple):  # transformers 4 blocks, attention sublayers: (hidden, ...)
+            return (output[0] + addition, *output[1:])
+        return output + addition  # transformers 5 blocks: [batch, pos, d_model]
+
+    return hook
+
+
+handle = blocks[warm.layer - 1].register_forward_hook(add_to_output(addition))
+try:
+    resid_post_logits = model(prompt).logits
+finally:
+    handle.remove()
+assert torch.equal(resid_post_logits, inline_logits)  # block L − 1's output is block L's input
+print(f"resid_post of block {warm.layer - 1} == resid_pre of block {warm.layer}: bitwise the same logits")
+""",
+    "baukit_tracedict": """
+with (
+    Trace(model, EMBED) as embedding,
+    Trace(model, f"{BLOCKS}.0", retain_input=True, retain_output=False) as block_0,
+):
+    model(prompt)
+block_0_input = block_0.input if torch.is_tensor(block_0.input) else block_0.input[0]
+assert torch.equal(embedding.output, block_0_input)
+print(f"block 0's input is the output of {EMBED}")
+""",
+    "transformer_lens_hooks": """
+sentence = "I hate you because"
+print("bridge.to_tokens:", bridge.to_tokens(sentence)[0].tolist())
+print("tokenizer:       ", tokenizer(sentence)["input_ids"])
+assert torch.equal(bridge.to_tokens(sentence), prompt)  # BOS first in both: the same ids everywhere
+""",
+    "bias_editing": """
+unsteered_states = model(prompt, output_hidden_states=True).hidden_states
+with add_to_input(warm.layer, addition):
+    steered_states = model(prompt, output_hidden_states=True).hidden_states
+changed = [i for i, (a, b) in enumerate(zip(unsteered_states, steered_states, strict=True)) if not torch.equal(a, b)]
+print(f"bias of block {warm.layer - 1} edited: hidden_states[{changed[0]}] is the first entry that changes")
+assert changed[0] == warm.layer  # block L − 1's output = block L's input = hidden_states[L]
+""",
+}
+BAD_MD = {
+    "custom_wrapper": "A bad spec is refused before any module is replaced:",
+    "pytorch_hooks": "A bad spec is refused before any hook is registered:",
+    "baukit_tracedict": "A bad spec is refused before any hook is registered:",
+    "transformer_lens_hooks": "A bad spec is refused before any hook is added:",
+    "bias_editing": "Bias editing refuses what a bias cannot express, before touching a parameter:",
+}
+BAD_CODE = {
+    "custom_wrapper": 'with steer(model, [SteeringSpec(len(blocks), "resid_pre", warm.vector, warm.coeff)]):\n    pass',
+    "pytorch_hooks": 'with steer(model, [SteeringSpec(warm.layer, "resid_mid", warm.vector, warm.coeff)]):\n    pass',
+    "baukit_tracedict": 'with steer(model, [SteeringSpec(warm.layer, "resid_pre", warm.vector[:-1], warm.coeff)]):\n'
+    "    pass",
+    "transformer_lens_hooks": 'with steer(bridge, [SteeringSpec(warm.layer, "resid_pre", warm.vector, float("nan"))]):'
+    "\n    pass",
+    "bias_editing": 'with steer(model, [SteeringSpec(warm.layer, "resid_pre", warm.vector, warm.coeff, start=1)]):\n'
+    "    pass",
+}
+
+# ---------------------------------------------------------------------------------------------
+# 7. Self-check
+
+SELF_CHECK_MD = (
+    "## 7. Self-check\n\n"
+    "Inline and library agree bitwise, and after every `with` block the model is the model it was: the unsteered "
+    "logits and text again, and the same modules, parameters and hooks as the snapshot from setup (which holds "
+    "transformers' own output-capturing hooks, so it is not zero hooks)."
+)
+
+
+def self_check_code(name: str) -> str:
+    net = "bridge" if name == "transformer_lens_hooks" else "model"
+    logits = "bridge(prompt)" if name == "transformer_lens_hooks" else "model(prompt).logits"
+    lines = [
+        "assert torch.equal(library_logits, inline_logits) and library_text == inline_text  # inline == library",
+        f"assert torch.equal({logits}, unsteered_logits) and complete(prompt) == unsteered_text  # unsteered again",
+        f"assert model_state({net}) == state_at_start  # same modules, parameters and hooks",
+    ]
+    if name == "baukit_tracedict":
+        lines += [
+            "# block 0, where the inline code edits the embedding's output instead of a block's",
+            'assert torch.equal(resid_pre("Love", 0) - resid_pre("Hate", 0), '
+            'contrast_vector(model, tokenizer, "Love", "Hate", 0))',
+            "with add_to_input(0, addition):",
+            "    inline_0 = model(prompt).logits",
+            'with steer(model, [SteeringSpec(0, "resid_pre", warm.vector, warm.coeff)]):',
+            "    assert torch.equal(model(prompt).logits, inline_0)",
+        ]
+    if name in ("transformer_lens_hooks", "bias_editing"):
+        lines = [
+            "from steering_backends.parity import TRAINED_TOLERANCES  # measured maxima 9.4e-5 / 1.2e-4 on SmolLM2",
+            "from steering_backends.pytorch_hooks import steer as steer_with_hook",
+            "",
+            *lines,
+            "with steer_with_hook(model, [warm]):  # the reference: plain HF, steered by a PyTorch hook",
+            "    gap = (library_logits - model(prompt).logits).abs().max().item()",
+            f'assert gap <= TRAINED_TOLERANCES["{name}"], gap',
+        ]
+    if name in ("transformer_lens_hooks", "bias_editing"):
+        lines.append('print(f"self-check passed; library vs a hook on plain HF: max |Δlogit| {gap:.1e}")')
+    else:
+        lines.append('print("self-check passed")')
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Exercise
+
+EXERCISE = {
+    "custom_wrapper": """
+## 8. Exercise
+
+Write `AddToOutput`, a wrapper that adds to its block's *output* (`resid_post`) and handles a tuple or a tensor.
+Steering the output of block `warm.layer − 1` must give bitwise the logits of `AddToInput` at `warm.layer`.
+
+<details><summary>Solution</summary>
+
+```python
+class AddToOutput(Wrapper):
+    def __init__(self, block, addition):
+        super().__init__(block)
+        self.addition = addition
+
+    def forward(self, *args, **kwargs):
+        output = self.block(*args, **kwargs)
+        if isinstance(output, tuple):  # transformers 4: (hidden, ...)
+            return (output[0] + self.addition, *output[1:])
+        return output + self.addition  # transformers 5: a tensor
+
+
+with swapped(warm.layer - 1, AddToOutput(blocks[warm.layer - 1], addition)):
+    assert torch.equal(model(prompt).logits, inline_logits)  # block L − 1's output is block L's input
+```
+</details>
+""",
+    "pytorch_hooks": """
+## 8. Exercise
+
+How many tokens does each forward call see during `generate`? Record `hidden.shape[1]` with a forward pre-hook on
+`blocks[0]` while generating 5 tokens from `prompt`. Why could a hook that steers from position 3 on not use
+`torch.arange(hidden.shape[1])` as the positions?
+
+<details><summary>Solution</summary>
+
+```python
+seen = []
+
+
+def count(module, args, kwargs):
+    seen.append((args[0] if args else kwargs["hidden_states"]).shape[1])
+
+
+handle = blocks[0].register_forward_pre_hook(count, with_kwargs=True)
+try:
+    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
+                   pad_token_id=tokenizer.eos_token_id)
+finally:
+    handle.remove()
+print(seen)  # [5, 1, 1, 1, 1]: the 5 prompt tokens once, then one new token per step
+```
+
+With the KV cache the earlier tokens are not run again: each later call sees one token, whose position is the
+number of tokens before it, but `arange` would call it 0. `spec.py`'s `token_positions` reads positions from the
+attention mask, which covers the cache and the new tokens.
+</details>
+""",
+    "baukit_tracedict": """
+## 8. Exercise
+
+Reading a block's input needs only the blocks before it. `Trace(..., stop=True)` raises baukit's `StopForward`
+right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Read the
+Love − Hate vector that way, from the output of `feeding(warm.layer)`, and check that it equals `love_hate`.
+
+<details><summary>Solution</summary>
+
+```python
+def resid_pre_fast(text, layer):
+    with Trace(model, feeding(layer), stop=True) as trace:  # stops right after the module that feeds block `layer`
+        model(tokens(text))
+    output = trace.output if torch.is_tensor(trace.output) else trace.output[0]
+    return output[0, -1]
+
+
+assert torch.equal(resid_pre_fast("Love", warm.layer) - resid_pre_fast("Hate", warm.layer), love_hate)
+```
+</details>
+""",
+    "transformer_lens_hooks": """
+## 8. Exercise
+
+Read the Love − Hate vector *without* BOS (`bridge.run_with_cache(text, prepend_bos=False)`), and compare its norm
+and its cosine similarity with `love_hate`. Why are they so different?
+
+<details><summary>Solution</summary>
+
+```python
+def resid_pre_no_bos(text, layer):
+    name = f"blocks.{layer}.hook_resid_pre"
+    _, cache = bridge.run_with_cache(text, names_filter=name, prepend_bos=False)
+    return cache[name][0, -1]
+
+
+no_bos = resid_pre_no_bos("Love", warm.layer) - resid_pre_no_bos("Hate", warm.layer)
+print(f"|v| {no_bos.norm():.0f} without BOS, {love_hate.norm():.0f} with")
+print(f"cosine {torch.cosine_similarity(no_bos, love_hate, dim=0):.2f}")
+```
+
+Without BOS the one-token word sits at position 0, where a trained model parks its attention sink: activations
+there are about 100× larger than elsewhere and mostly about being first, not about the word. The difference of two
+sinks is large and has little to do with sentiment.
+</details>
+""",
+    "bias_editing": """
+## 8. Exercise
+
+Steer `attn_out` of block `warm.layer` the same way: give the attention output projection (`self_attn.o_proj` on
+Llama, `attn.c_proj` on GPT-2) the addition as its bias. Check it against
+`steer(model, [SteeringSpec(warm.layer, "attn_out", warm.vector, warm.coeff)])`.
+
+<details><summary>Solution</summary>
+
+```python
+attention = blocks[warm.layer].self_attn if hasattr(model, "model") else blocks[warm.layer].attn
+proj = attention.o_proj if hasattr(attention, "o_proj") else attention.c_proj
+saved = None if proj.bias is None else proj.bias.detach().clone()
+with torch.no_grad():
+    if saved is None:
+        proj.bias = torch.nn.Parameter(addition.clone(), requires_grad=False)
+    else:
+        proj.bias += addition
+try:
+    inline_attn = model(prompt).logits
+finally:
+    with torch.no_grad():
+        if saved is None:
+            proj.register_parameter("bias", None)
+        else:
+            proj.bias.copy_(saved)
+with steer(model, [SteeringSpec(warm.layer, "attn_out", warm.vector, warm.coeff)]):
+    assert torch.equal(model(prompt).logits, inline_attn)
+```
+</details>
+""",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def cells(name: str) -> list[tuple[str, str, str | None]]:
+    """(cell id, kind, source), in notebook order; the ids are the same in every notebook."""
+    return [
+        ("preamble", "markdown", preamble(name)),
+        ("setup-heading", "markdown", "## 1. Setup"),
+        ("setup", "code", setup_code(name)),
+        ("setup-helpers", "code", HELPERS[name]),
+        ("reading-heading", "markdown", READING_INTRO + READING_MD[name]),
+        ("reading", "code", text(READING_CODE[name]) + READ_VECTOR),
+        ("reading-check", "code", CHECK_VECTOR[name]),
+        ("steering-heading", "markdown", STEER_INTRO + STEER_MD[name]),
+        ("steering", "code", text(STEER_CODE[name]) + SHOW_GREEDY),
+        ("library-heading", "markdown", library_md(name)),
+        ("library", "code", library_code(name)),
+        ("compare-heading", "markdown", COMPARE_MD[name]),
+        ("compare-warm", "code", compare_code(name, "warm", "+1")),
+        ("compare-cold", "code", compare_code(name, "cold", "-1")),
+        ("compare-comment", "markdown", COMMENT_MD),
+        ("gotchas", "markdown", text(GOTCHA_MD[name])),
+        ("gotcha-demo", "code", text(GOTCHA_CODE[name])),
+        ("bad-spec-heading", "markdown", BAD_MD[name]),
+        ("bad-spec", "code", BAD_CODE[name]),
+        ("self-check-heading", "markdown", SELF_CHECK_MD),
+        ("self-check", "code", self_check_code(name)),
+        ("exercise", "markdown", text(EXERCISE[name])),
+    ]
+
+
+def notebook(name: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for cell_id, kind, source in cells(name):
+        cell = nbformat.v4.new_markdown_cell(source) if kind == "markdown" else nbformat.v4.new_code_cell(source)
+        cell.id = cell_id
+        if cell_id == "bad-spec":
+            cell.metadata["tags"] = ["raises-exception"]
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+if __name__ == "__main__":
+    for backend, filename in NOTEBOOKS.items():
+        nbformat.write(notebook(backend), HERE / filename)
+        print(f"wrote {filename}")
