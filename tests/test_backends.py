@@ -85,9 +85,13 @@ def test_bias_editing_refuses_position_dependent_specs(tiny, spec):
     assert_unchanged(before, tiny)
 
 
-@pytest.mark.parametrize("name", ["custom_wrapper", "pytorch_hooks", "bias_editing"])
+@pytest.mark.parametrize("name", ["custom_wrapper", "pytorch_hooks", "bias_editing", "nnsight_trace"])
 def test_unsupported_architecture_lists_the_supported_ones(name):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    if name == "nnsight_trace":
+        from nnsight import NNsight
+
+        model = NNsight(model)
     with pytest.raises(ValueError, match="not supported; supported model types: gpt2, llama, mistral, qwen2"):
         with backend(name).steer(model, []):
             pass
