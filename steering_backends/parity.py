@@ -47,7 +47,9 @@ __all__ = [
 REFERENCE = "pytorch_hooks"
 
 # Max |Δlogit| allowed against the reference, in float32 on CPU. The hook backends run the
-# same ops on the same tensors, so they must be bitwise equal. The other two reorder float
+# same ops on the same tensors, so they must be bitwise equal. So does nnsight's edit: it
+# hands the same tensors to the same SteeringPlan.steer; measured 0 in all 13 cases on the
+# tiny models, GPT-2 small shape and SmolLM2 (GPT-2-XL shape not run). The other two reorder float
 # additions: TransformerLens recomputes attention its own way, and bias editing computes
 # x@W + (b + v) instead of (x@W + b) + v. Measured maxima over all parity cases, on the
 # tiny (GPT-2, Llama, Mistral, Qwen2) / GPT-2 small / GPT-2-XL shapes with random weights:
