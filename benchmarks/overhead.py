@@ -8,9 +8,9 @@ model, batch size and prompt length this times greedy generation with the KV cac
 (64 new tokens, never stopping early) unsteered (A) and steered (B) through each
 backend, interleaved A B A B ..., and reports the median of the per-pair ratios B / A.
 For TransformerLens, A is the bridge unsteered; the bridge's own cost over plain HF is a
-separate row. The same for nnsight: A is a generate through nnsight with no edit. It also times a left-padded batch of 16 prompts against 16 sequential
-runs (and checks that both give the same tokens), and the whole parity suite on the
-GPT-2-XL shape (~7 GB of RAM).
+separate row. The same for nnsight: A is a generate through nnsight with no edit. It
+also times a left-padded batch of 16 prompts against 16 sequential runs (and checks that
+both give the same tokens), and the whole parity suite on the GPT-2-XL shape (~7 GB of RAM).
 
 Writes benchmarks/results/overhead.md (with the machine and library versions) and
 overhead.png.

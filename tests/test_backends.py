@@ -123,7 +123,9 @@ def test_bias_editing_adds_a_missing_bias_for_the_block_only():
 def test_nnsight_takes_an_nnsight_model_and_wraps_copies(tiny, tokenizer):
     nnsight_trace = backend("nnsight_trace")
     before = snapshot(tiny)
-    with pytest.raises(TypeError, match="takes an nnsight model, got (GPT2LMHeadModel|LlamaForCausalLM); wrap a HF model"):
+    with pytest.raises(
+        TypeError, match="takes an nnsight model, got (GPT2LMHeadModel|LlamaForCausalLM); wrap a HF model"
+    ):
         with nnsight_trace.steer(tiny, [SteeringSpec(1, "resid_pre", vec())]):
             pytest.fail("the body must not run")
     lm = nnsight_trace.nnsight_from_hf(tiny, tokenizer)
