@@ -30,9 +30,10 @@ Design:
     * Positions: at each decoder call the edit reads the decoder's own inputs, whose attention_mask
       covers the KV cache, and hands them to SteeringPlan.record_call. Left padding, `start`,
       [n, d_model] vectors and cached decoding then follow from spec.py, as in every backend.
-    * What nnsight cannot express: a persistent edit only on plain HF calls (see the first point),
-      and a traced block whose body starts with `try:` (it intercepts the body at its first line),
-      hence the statement above the `try` below.
+    * What nnsight cannot express: steering a call that bypasses it (an edit lives on the envoy,
+      not in the module; see the first point); an edit that runs at every call of an unknown
+      number of calls without a loop whose end is an error; and a traced body that starts with
+      `try:` (nnsight intercepts the body at its first line), hence the statement above it below.
 
 Gotchas:
     * Wrapping instruments every module for good (an nnsight controller in each module's
