@@ -8,9 +8,9 @@ model, batch size and prompt length this times greedy generation with the KV cac
 (64 new tokens, never stopping early) unsteered (A) and steered (B) through each
 backend, interleaved A B A B ..., and reports the median of the per-pair ratios B / A.
 For TransformerLens, A is the bridge unsteered; the bridge's own cost over plain HF is a
-separate row. It also times a left-padded batch of 16 prompts against 16 sequential
-runs (and checks that both give the same tokens), and the whole parity suite on the
-GPT-2-XL shape (~7 GB of RAM).
+separate row. The same for nnsight: A is a generate through nnsight with no edit. It
+also times a left-padded batch of 16 prompts against 16 sequential runs (and checks that
+both give the same tokens), and the whole parity suite on the GPT-2-XL shape (~7 GB of RAM).
 
 Writes benchmarks/results/overhead.md (with the machine and library versions) and
 overhead.png.
@@ -35,6 +35,11 @@ from steering_backends.parity import Runner, left_pad, make_runners, residual_rm
 OUT = Path(__file__).resolve().parent / "results"
 TARGETS = {"bias_editing": 1.01}  # every other backend: 1.03
 NOISE = "A/A control: unsteered vs unsteered"
+# Rows that time a wrapper itself, unsteered, against plain HF (no target: not steering's cost).
+WRAPPERS = {
+    "transformer_lens_hooks": "TransformerLens bridge itself, unsteered, vs HF",
+    "nnsight_trace": "nnsight model itself, unsteered, vs HF",
+}
 SENTENCES = [
     "I hate you because",
     "The weather today is",
@@ -91,7 +96,7 @@ def steering_rows(
     model, tokenizer = load(name)
     specs = [_one_spec(model, tokenizer)]
     runners, _ = make_runners(model, tokenizer)
-    hf = next(r for r in runners if not r.is_bridge)  # unsteered HF: the A/A and bridge-vs-HF rows
+    hf = next(r for r in runners if r.name not in WRAPPERS)  # unsteered HF: the A/A and wrapper-vs-HF rows
     runners = [r for r in runners if backends is None or r.name in backends]
     rows = []
     for batch in batches:
@@ -122,15 +127,10 @@ def _one_size(
         a, b, ratio = paired(unsteered, steered, repeats)
         yield {"what": runner.name, "unsteered_s": a, "steered_s": b, "ratio": ratio}
         print(runner.name, f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
-        if runner.is_bridge:
+        if runner.name in WRAPPERS:
             a, b, ratio = paired(lambda: generate(hf, ids, mask, n_new), unsteered, repeats)
-            yield {
-                "what": "TransformerLens bridge itself, unsteered, vs HF",
-                "unsteered_s": a,
-                "steered_s": b,
-                "ratio": ratio,
-            }
-            print("bridge vs HF", f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
+            yield {"what": WRAPPERS[runner.name], "unsteered_s": a, "steered_s": b, "ratio": ratio}
+            print(WRAPPERS[runner.name], f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
 
 
 def padded_batch_row(name: str, n_new: int, repeats: int) -> dict:
@@ -187,7 +187,7 @@ def markdown(rows, batch_rows, xl_seconds: float | None, n_new: int, repeats: in
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        untargeted = r["what"].startswith("TransformerLens bridge") or r["what"] == NOISE
+        untargeted = r["what"] in WRAPPERS.values() or r["what"] == NOISE
         target = "" if untargeted else f"≤ {TARGETS.get(r['what'], 1.03):.2f}"
         ok = "" if not target else (" ✓" if r["ratio"] <= TARGETS.get(r["what"], 1.03) else " ✗")
         lines.append(

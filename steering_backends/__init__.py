@@ -14,8 +14,16 @@ from .spec import SITES, SteeringPlan, SteeringSpec
 
 __all__ = ["BACKENDS", "SITES", "SteeringPlan", "SteeringSpec", "backend"]
 
-# Module names of the backends; each has steer(model, specs). transformer_lens_hooks takes a bridge.
-BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "transformer_lens_hooks", "bias_editing")
+# Module names of the backends; each has steer(model, specs). transformer_lens_hooks takes a bridge,
+# nnsight_trace an nnsight model.
+BACKENDS = (
+    "custom_wrapper",
+    "pytorch_hooks",
+    "baukit_tracedict",
+    "transformer_lens_hooks",
+    "bias_editing",
+    "nnsight_trace",
+)
 
 
 def backend(name: str) -> ModuleType:

@@ -316,6 +316,8 @@ def compare_main(argv: list[str]) -> None:
     target = model
     if args.backend == "transformer_lens_hooks":
         target = backend(args.backend).bridge_from_hf(model, tokenizer, copy_model=False)
+    elif args.backend == "nnsight_trace":
+        target = backend(args.backend).nnsight_from_hf(model, tokenizer, copy_model=False)
     print(f"{args.model}: x-vector {args.plus!r} - {args.minus!r}, layer {layer} {args.site}, coeff {coeff}")
     table = compare(
         target,

@@ -327,9 +327,10 @@ def compare(
     """Sample n unsteered and n steered completions of each prompt (seeds seed ... seed+n-1),
     steering through ``backend``, and score them.
 
-    ``model`` is what the backend steers: the HF model, or for transformer_lens_hooks the
-    bridge. temperature=0 is greedy decoding. ``expect``: the direction the steering should
-    move sentiment (+1 or -1), for the count of rows that moved. Stops at EOS.
+    ``model`` is what the backend steers: the HF model, for transformer_lens_hooks the
+    bridge, for nnsight_trace the nnsight model. temperature=0 is greedy decoding. ``expect``:
+    the direction the steering should move sentiment (+1 or -1), for the count of rows that
+    moved. Stops at EOS.
     """
     _validate(n, temperature, top_p, frequency_penalty, max_new_tokens)
     steer = backend_module(backend).steer

@@ -44,10 +44,12 @@ def logit_lens(
 ) -> LensResult:
     """The logit lens of one prompt, input_ids [1, T], steered by ``specs`` through ``backend``.
 
-    Works on HF models, so with every backend that steers one (all but transformer_lens_hooks).
+    Works on HF models, so with every backend that steers one (all but transformer_lens_hooks and
+    nnsight_trace, which steer a bridge / an nnsight model's own runs).
     """
-    if backend == "transformer_lens_hooks":
-        raise ValueError("logit_lens reads a HF model; backend='transformer_lens_hooks' steers a bridge instead")
+    others = {"transformer_lens_hooks": "a bridge", "nnsight_trace": "an nnsight model's own runs"}
+    if backend in others:
+        raise ValueError(f"logit_lens reads a HF model; backend={backend!r} steers {others[backend]} instead")
     if input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must be [1, T], one prompt; got shape {tuple(input_ids.shape)}")
     layout, (n_layers, _) = layout_of(model), dims(model)

@@ -30,9 +30,14 @@ def tiny(request):
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def runner(request, tiny, tokenizer) -> Runner:
-    """One backend on a fresh tiny model (for TransformerLens: a bridge around it)."""
+    """One backend on a fresh tiny model (for TransformerLens: a bridge around it; for nnsight:
+    a TransformersModel around it)."""
     module = backend(request.param)
-    target = module.bridge_from_hf(tiny, tokenizer) if request.param == "transformer_lens_hooks" else tiny
+    target = tiny
+    if request.param == "transformer_lens_hooks":
+        target = module.bridge_from_hf(tiny, tokenizer)
+    elif request.param == "nnsight_trace":
+        target = module.nnsight_from_hf(tiny, tokenizer)
     runner = Runner(request.param, lambda: target, module.steer)
     runner.logits(IDS, MASK)  # a bridge registers hooks of its own on its first forward
     return runner

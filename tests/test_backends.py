@@ -85,9 +85,13 @@ def test_bias_editing_refuses_position_dependent_specs(tiny, spec):
     assert_unchanged(before, tiny)
 
 
-@pytest.mark.parametrize("name", ["custom_wrapper", "pytorch_hooks", "bias_editing"])
+@pytest.mark.parametrize("name", ["custom_wrapper", "pytorch_hooks", "bias_editing", "nnsight_trace"])
 def test_unsupported_architecture_lists_the_supported_ones(name):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    if name == "nnsight_trace":
+        from nnsight import NNsight
+
+        model = NNsight(model)
     with pytest.raises(ValueError, match="not supported; supported model types: gpt2, llama, mistral, qwen2"):
         with backend(name).steer(model, []):
             pass
@@ -114,3 +118,36 @@ def test_bias_editing_adds_a_missing_bias_for_the_block_only():
         assert "model.layers.2.self_attn.o_proj.bias" in llama.state_dict()
     assert o_proj.bias is None
     assert_unchanged(before, llama)
+
+
+def test_nnsight_takes_an_nnsight_model_and_wraps_copies(tiny, tokenizer):
+    nnsight_trace = backend("nnsight_trace")
+    before = snapshot(tiny)
+    with pytest.raises(
+        TypeError, match="takes an nnsight model, got (GPT2LMHeadModel|LlamaForCausalLM); wrap a HF model"
+    ):
+        with nnsight_trace.steer(tiny, [SteeringSpec(1, "resid_pre", vec())]):
+            pytest.fail("the body must not run")
+    lm = nnsight_trace.nnsight_from_hf(tiny, tokenizer)
+    assert lm._module is not tiny and "forward" not in tiny.__dict__, "nnsight instrumented the original"
+    assert (tokenizer.pad_token, tokenizer.padding_side) == (None, "right"), "nnsight changed the caller's tokenizer"
+    assert_unchanged(before, tiny)
+
+
+def test_nnsight_steers_its_own_runs_only_and_keeps_other_edits(tiny, tokenizer):
+    """Traces of the user's own see the steered stream; a plain HF call bypasses nnsight; an edit
+    stored before the block is still there after it (clear_edits() would have dropped it)."""
+    lm = backend("nnsight_trace").nnsight_from_hf(tiny, tokenizer)
+    unsteered = tiny(IDS, attention_mask=MASK).logits
+    with lm.edit(inplace=True):
+        lm.lm_head.output = lm.lm_head.output * 1.0  # the user's own edit, a no-op
+    users = list(lm._edits)
+    specs = [SteeringSpec(1, "resid_post", vec(), 3.0)]
+    with backend("pytorch_hooks").steer(tiny, specs):
+        reference = tiny(IDS, attention_mask=MASK).logits
+    with backend("nnsight_trace").steer(lm, specs):
+        assert torch.equal(lm._module(IDS, attention_mask=MASK).logits, unsteered)
+        with lm.trace(IDS, attention_mask=MASK):
+            logits = lm.output.logits.save()
+    assert torch.equal(logits, reference) and not torch.equal(logits, unsteered)
+    assert len(lm._edits) == 1 and lm._edits[0] is users[0]

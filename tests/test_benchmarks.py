@@ -16,7 +16,7 @@ def test_overhead_benchmark_writes_its_table_and_plot(tmp_path, tokenizer):
     table = (tmp_path / "overhead.md").read_text()
     for runner in make_runners(random_model("tiny-gpt2-random"), tokenizer)[0]:
         assert f"| tiny-gpt2-random | 1 | 4 | {runner.name} |" in table
-    assert "TransformerLens bridge itself" in table
+    assert "TransformerLens bridge itself" in table and "nnsight model itself" in table
     assert "| tiny-gpt2-random |" in table.split("16 sequential runs")[1]  # the padded-batch row
     png = (tmp_path / "overhead.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -1,7 +1,7 @@
 """float32 vectors steering bfloat16 and float16 models: the parity suite per dtype.
 
-The hook backends still run the same ops on the same tensors, so they stay bitwise
-equal. TransformerLens and bias editing round differently, now at the low precision's
+The hook backends (nnsight's edit included) still run the same ops on the same tensors,
+so they stay bitwise equal. TransformerLens and bias editing round differently, now at the low precision's
 resolution. Measured maxima on the tiny GPT-2 / Llama (CPU): bfloat16 5.9e-3 / 7.8e-3,
 float16 9.8e-4 / 7.3e-4 against the reference; cached vs no-cache step logits
 bfloat16 7.8e-3 (GPT-2), float16 9.8e-4. The tolerances leave ~4x headroom. bfloat16
@@ -21,7 +21,7 @@ from steering_backends.layout import dims
 from steering_backends.models import load
 
 DTYPE_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
-HOOK_BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict")
+HOOK_BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "nnsight_trace")
 
 
 @pytest.fixture(

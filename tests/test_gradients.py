@@ -27,7 +27,11 @@ FINITE_DIFFERENCE = {"tiny-gpt2-random": (1e-6, 1e-7), "tiny-llama-random": (1e-
 def runner(request, tiny_name) -> Runner:
     model = random_model(tiny_name, dtype=torch.float64).requires_grad_(False)
     module = backend(request.param)
-    target = module.bridge_from_hf(model, gpt2_tokenizer()) if request.param == "transformer_lens_hooks" else model
+    target = model
+    if request.param == "transformer_lens_hooks":
+        target = module.bridge_from_hf(model, gpt2_tokenizer())
+    elif request.param == "nnsight_trace":
+        target = module.nnsight_from_hf(model, gpt2_tokenizer())
     return Runner(request.param, lambda: target, module.steer)
 
 
@@ -39,11 +43,12 @@ def tiny_name(request) -> str:
 def objective(runner: Runner, specs: list[SteeringSpec], weights: torch.Tensor) -> torch.Tensor:
     """A fixed random linear function of the float64 logits (Runner.logits casts to float32)."""
     with runner.steer(runner.model, specs):
-        out = (
-            runner.model(IDS, attention_mask=MASK)
-            if runner.is_bridge
-            else runner.model(IDS, attention_mask=MASK).logits
-        )
+        if runner.is_bridge:
+            out = runner.model(IDS, attention_mask=MASK)
+        elif runner.is_nnsight:  # nnsight steers its own runs only
+            out = runner.model.trace(IDS, attention_mask=MASK, trace=False).logits
+        else:
+            out = runner.model(IDS, attention_mask=MASK).logits
     return (out * weights).sum()
 
 

@@ -56,13 +56,18 @@ def test_rows_share_their_seed_so_only_the_steering_differs(gpt2_tiny, tokenizer
     assert steered.unsteered == same.unsteered and steered.steered != steered.unsteered
 
 
-@pytest.mark.parametrize("name", ["custom_wrapper", "bias_editing", "transformer_lens_hooks"])
+@pytest.mark.parametrize("name", ["custom_wrapper", "bias_editing", "transformer_lens_hooks", "nnsight_trace"])
 def test_compare_through_other_backends(gpt2_tiny, tokenizer, name):
     target = gpt2_tiny
     if name == "transformer_lens_hooks":  # TransformerLens samples with its own sampler
         target = backend(name).bridge_from_hf(gpt2_tiny, tokenizer)
+    elif name == "nnsight_trace":  # samples through nnsight's generate
+        target = backend(name).nnsight_from_hf(gpt2_tiny, tokenizer)
     table = compare(target, tokenizer, PROMPT, [spec_at()], backend=name, n=2, max_new_tokens=8)
     assert table.settings["backend"] == name and table.steered != table.unsteered
+    if name == "nnsight_trace":  # nnsight prepares generate's inputs itself; the samples must not change
+        reference = compare(gpt2_tiny, tokenizer, PROMPT, [spec_at()], n=2, max_new_tokens=8)
+        assert (table.unsteered, table.steered) == (reference.unsteered, reference.steered)
 
 
 def test_greedy_comparison_matches_greedy_decoding(gpt2_tiny, tokenizer):
@@ -151,9 +156,11 @@ def test_steering_changes_the_lens_from_the_steered_block_on(gpt2_tiny, tokenize
         torch.testing.assert_close(lens.loss[2:], after["pytorch_hooks"].loss[2:], rtol=0, atol=1e-4)
 
 
-def test_lens_refuses_a_bridge_and_a_batch(gpt2_tiny, tokenizer):
+def test_lens_refuses_a_bridge_an_nnsight_model_and_a_batch(gpt2_tiny, tokenizer):
     with pytest.raises(ValueError, match="steers a bridge instead"):
         logit_lens(gpt2_tiny, torch.tensor([[1, 2]]), backend="transformer_lens_hooks")
+    with pytest.raises(ValueError, match="steers an nnsight model's own runs instead"):
+        logit_lens(gpt2_tiny, torch.tensor([[1, 2]]), backend="nnsight_trace")
     with pytest.raises(ValueError, match=r"must be \[1, T\]"):
         logit_lens(gpt2_tiny, torch.tensor([[1, 2], [3, 4]]))
 
