@@ -110,10 +110,29 @@ def sweep(model, tokenizer) -> None:
                     break
 
 
-def _run(sampler: Sampler, recipe: str, direction: torch.Tensor, block: int, relative: float, norm: float) -> dict:
+def refine(model, tokenizer, settings: list[str]) -> None:
+    """Extra settings between or beside the grid's, around its best cells; chosen on the sweep prompts only."""
+    sampler = Sampler(model, tokenizer, prompt_sets()["sweep"])
+    for setting in settings:
+        recipe, block, relative = setting.split(":")
+        block, relative = int(block), float(relative)
+        norm = residual_norm(model, tokenizer, load_reference_texts(), block)
+        direction = sentiment_direction(model, tokenizer, recipe, block)
+        _run(sampler, recipe, direction, block, relative, norm, stage="refined")
+
+
+def _run(
+    sampler: Sampler,
+    recipe: str,
+    direction: torch.Tensor,
+    block: int,
+    relative: float,
+    norm: float,
+    stage: str = "grid",
+) -> dict:
     started = time.perf_counter()
     comparison = sampler.compare([relative_spec(direction, block, relative, norm)], 1 if relative > 0 else -1)
-    row = dict(recipe=recipe, block=block, relative=relative, norm=norm, **summary_row(comparison))
+    row = dict(recipe=recipe, block=block, relative=relative, norm=norm, stage=stage, **summary_row(comparison))
     with ROWS.open("a") as file:
         file.write(json.dumps(row) + "\n")
     print(
@@ -147,13 +166,14 @@ def write_sweep_table(rows: list[dict]) -> None:
         "",
         f"Unsteered mean compound {rows[0]['unsteered']:+.3f}, repetition {rows[0]['unsteered_repetition']:.3f}.",
         "",
-        "| recipe | block | relative | coeff | Δ | moved | ppl × | rep |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | block | relative | coeff | Δ | moved | ppl × | rep | stage |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (RECIPES.index(r["recipe"]), r["block"], r["relative"])):
         lines.append(
             f"| {r['recipe']} | {r['block']} | {r['relative']:+.2f} | {r['relative'] * r['norm']:+.1f} | "
-            f"{r['delta']:+.3f} | {r['moved']}/{r['n']} | {r['ppl_ratio']:.2f} | {r['repetition']:.3f} |"
+            f"{r['delta']:+.3f} | {r['moved']}/{r['n']} | {r['ppl_ratio']:.2f} | {r['repetition']:.3f} | "
+            f"{r.get('stage', 'grid')} |"
         )
     (RESULTS / "behaviour_sweep.md").write_text("\n".join(lines) + "\n")
 
@@ -230,10 +250,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true", help="only rebuild the sweep table and plot")
     parser.add_argument("--held-out", action="store_true", help="no new sweep rows: tables, plot, held-out report")
+    parser.add_argument(
+        "--refine",
+        nargs="+",
+        metavar="RECIPE:BLOCK:RELATIVE",
+        help="run these settings on the sweep prompts too (marked 'refined' in the table), then the held-out report",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model, tokenizer = load(MODEL) if not args.report else (None, None)
-    if not (args.report or args.held_out):
+    if args.refine:
+        refine(model, tokenizer, args.refine)
+    elif not (args.report or args.held_out):
         sweep(model, tokenizer)
     rows = load_rows()
     write_sweep_table(rows)
