@@ -1,7 +1,8 @@
-"""Write notebooks 01-05 from one skeleton, so that they differ only where the backend does.
+"""Write notebooks 01-05 and 09 from one skeleton, so that they differ only where the backend does.
 
-    python notebooks/backend_skeleton.py            # rewrite the five notebooks, without outputs
-    python notebooks/execute.py 01_custom_wrapper.ipynb   # then run one and save its outputs
+    python notebooks/backend_skeleton.py                   # rewrite all six notebooks, without outputs
+    python notebooks/backend_skeleton.py 09_nnsight.ipynb  # rewrite only the ones named
+    python notebooks/execute.py 09_nnsight.ipynb           # then run one and save its outputs
 
 Every notebook gets the same headings and cells in the same order; a cell is either shared
 text or one entry per backend. Edit here, not in the .ipynb files: a rewrite drops outputs,
@@ -16,7 +17,14 @@ from pathlib import Path
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "transformer_lens_hooks", "bias_editing")
+BACKENDS = (
+    "custom_wrapper",
+    "pytorch_hooks",
+    "baukit_tracedict",
+    "transformer_lens_hooks",
+    "bias_editing",
+    "nnsight_trace",
+)
 NOTEBOOKS = dict(
     zip(
         BACKENDS,
@@ -26,6 +34,7 @@ NOTEBOOKS = dict(
             "03_baukit_tracedict.ipynb",
             "04_transformer_lens.ipynb",
             "05_bias_editing.ipynb",
+            "09_nnsight.ipynb",
         ],
         strict=True,
     )
@@ -45,6 +54,7 @@ TITLE = {
     "baukit_tracedict": "# 03 · Steering with baukit's `Trace`",
     "transformer_lens_hooks": "# 04 · Steering with TransformerLens hook points",
     "bias_editing": "# 05 · Steering by editing biases, with no hooks",
+    "nnsight_trace": "# 09 · Steering with nnsight",
 }
 GOAL = {
     "custom_wrapper": "Put a small module in place of one block: it keeps or edits what the block is called with, "
@@ -60,6 +70,10 @@ GOAL = {
     "bias_editing": "A constant added to a layer's output is a constant added to its bias: editing the bias "
     "that ends block L − 1 steers block L's input with no code running in the forward. There is nothing to "
     "hook, so activations are read with HF's own `output_hidden_states=True`.",
+    "nnsight_trace": "nnsight wraps the model, and the code inside `with lm.trace(...):` reads and assigns any "
+    "module's `.input` and `.output` as the model reaches it: `block.input.save()` keeps a block's input, and "
+    "`block.input = block.input + addition` steers it. It comes from the lab that wrote baukit, and with "
+    "`remote=True` the same trace code runs on NDIF's hosted models.",
 }
 LEARN = {
     "custom_wrapper": [
@@ -81,6 +95,10 @@ LEARN = {
     "bias_editing": [
         "the `hidden_states[L]` / `hidden_states[L + 1]` convention of `output_hidden_states=True`;",
         "why `x @ W + (b + v)` steers like `(x @ W + b) + v`, and how a bias-free projection gets a temporary bias;",
+    ],
+    "nnsight_trace": [
+        "how `with lm.trace(...)` reads a block's `.input` and steers by assigning a new one;",
+        "why steering `lm.generate` needs a loop over `tracer.iter`, and why a plain HF call is not steered;",
     ],
 }
 LIBRARY_FILE = {name: f"steering_backends/{name}.py" for name in BACKENDS}
@@ -117,8 +135,12 @@ IMPORTS = {
     "baukit_tracedict": "import contextlib\n",
     "transformer_lens_hooks": "",
     "bias_editing": "import contextlib\n",
+    "nnsight_trace": "import copy\n",
 }
-THIRD_PARTY = {name: "" for name in BACKENDS} | {"baukit_tracedict": "from baukit import Trace\n"}
+THIRD_PARTY = {name: "" for name in BACKENDS} | {
+    "baukit_tracedict": "from baukit import Trace\n",
+    "nnsight_trace": "from nnsight import TransformersModel\n",
+}
 FIRST_PARTY = {name: "" for name in BACKENDS} | {
     "transformer_lens_hooks": "from steering_backends.transformer_lens_hooks import bridge_from_hf\n"
 }
@@ -221,7 +243,49 @@ state_at_start = model_state(bridge)
 """
     + text(MEASURED)
 )
-HELPERS = {name: HF_HELPERS for name in BACKENDS} | {"transformer_lens_hooks": BRIDGE_HELPERS}
+NNSIGHT_HELPERS = (
+    "# nnsight wraps the loaded model, with no hub call. It sets the pad token and left padding on the tokenizer\n"
+    "# it is given, so it gets a copy; it instruments every module of `model` too, inert outside nnsight's runs.\n"
+    'lm = TransformersModel(model, task="text-generation", tokenizer=copy.deepcopy(tokenizer))\n'
+    'lm_blocks = lm.model.layers if hasattr(model, "model") else lm.transformer.h  # the blocks, as nnsight envoys\n'
+    "N_NEW = 20  # new tokens, exactly: min_new_tokens keeps EOS from ending generate before a loop over N_NEW steps\n"
+    "GREEDY = dict(max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False, pad_token_id=tokenizer.eos_token_id)"
+    "\n\n\n"
+    + text(TOKENS)
+    + '''
+
+
+def logits(ids: torch.Tensor) -> torch.Tensor:
+    """[1, T, vocab] logits of ids [1, T], from a trace: nnsight steers only runs that go through it."""
+    with lm.trace(ids):
+        out = lm.output.logits.save()  # .save() keeps a value after the trace
+    return out
+
+
+def complete(ids: torch.Tensor) -> str:
+    """Greedy continuation of ids [1, T] through nnsight's generate, with the KV cache."""
+    out = lm.generate(ids, attention_mask=torch.ones_like(ids), **GREEDY)  # [1, T + N_NEW] ids
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+'''
+    + text(MODEL_STATE)
+    + """
+
+
+prompt = tokens("I hate you because")
+unsteered_logits, unsteered_text = logits(prompt), complete(prompt)
+# transformers 5 hooks every block the first time output_hidden_states=True is used: do it before
+# the snapshot, so that the self-check at the end finds exactly these hooks and no others.
+model(prompt, output_hidden_states=True)
+state_at_start = model_state(model)
+"""
+    + text(MEASURED)
+)
+HELPERS = {name: HF_HELPERS for name in BACKENDS} | {
+    "transformer_lens_hooks": BRIDGE_HELPERS,
+    "nnsight_trace": NNSIGHT_HELPERS,
+}
 
 # ---------------------------------------------------------------------------------------------
 # 2. Reading activations
@@ -245,6 +309,9 @@ READING_MD = {
     "bias_editing": "Bias editing has no way to read activations, so read them with HF's own "
     "`output_hidden_states=True`: `n_layers + 1` tensors `[batch, pos, d_model]`, where `hidden_states[L]` is "
     "block L's input and `hidden_states[L + 1]` its output.",
+    "nnsight_trace": "nnsight reads it: inside `with lm.trace(ids):` a block's `.input` is its first input (the first "
+    "positional argument, or the first keyword one if there is none), which HF blocks are called with as the "
+    "hidden states; `.inputs` would be all of them, `(args, kwargs)`. `.save()` keeps the value after the trace.",
 }
 READING_CODE = {
     "custom_wrapper": '''
@@ -327,6 +394,13 @@ def resid_pre(text: str, layer: int) -> torch.Tensor:
     hidden_states = model(tokens(text), output_hidden_states=True).hidden_states  # n_layers + 1 x [batch, pos, d]
     return hidden_states[layer][0, -1]  # [layer]: block layer's input; [layer + 1]: its output
 ''',
+    "nnsight_trace": '''
+def resid_pre(text: str, layer: int) -> torch.Tensor:
+    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    with lm.trace(tokens(text)):
+        hidden = lm_blocks[layer].input.save()  # the hidden states the block is called with: [batch, pos, d_model]
+    return hidden[0, -1]
+''',
 }
 READ_VECTOR = """
 
@@ -374,6 +448,11 @@ STEER_MD = {
     "stream is its MLP's output projection, `x @ W + b`. Adding the vector to `b` adds it to block L's input at "
     "every position, with no code in the forward. Llama's `down_proj` has no bias, so it gets one for the "
     "duration; GPT-2's `c_proj` has one, saved and restored bitwise.",
+    "nnsight_trace": "Inside a trace, assigning to a block's `.input` replaces the hidden states it is called with: "
+    "`block.input = block.input + addition` makes a new tensor, as every backend here does. `lm.generate` runs the "
+    "model once for the prompt and once per new token, and each run reaches the block anew: a loop over "
+    "`tracer.iter[:N_NEW]` repeats the assignment at each of those steps (`GREEDY` pins the count with "
+    "`min_new_tokens`).",
 }
 ADDITION = "addition = (warm.coeff * warm.vector).to(device)  # [d_model]\n"
 SHOW_GREEDY = '\nprint(f"unsteered: {unsteered_text!r}\\n   inline: {inline_text!r}")'
@@ -481,6 +560,16 @@ def add_to_input(layer: int, addition: torch.Tensor):
     + ADDITION
     + """with add_to_input(warm.layer, addition):
     inline_logits, inline_text = model(prompt).logits, complete(prompt)""",
+    "nnsight_trace": ADDITION
+    + """block = lm_blocks[warm.layer]
+with lm.trace(prompt):
+    block.input = block.input + addition  # a new tensor [batch, pos, d_model] replaces the block's first input
+    inline_logits = lm.output.logits.save()
+with lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY) as tracer:
+    for _ in tracer.iter[:N_NEW]:  # one step per forward: step 0 is the prompt, then one new token each
+        block.input = block.input + addition
+    generated = tracer.result.save()  # [1, T + N_NEW] ids
+inline_text = tokenizer.decode(generated[0, prompt.shape[1] :], skip_special_tokens=True)""",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -494,12 +583,17 @@ LIBRARY_EXTRA = {
     "transformer_lens_hooks": "adds one plain PyTorch pre-hook on the wrapped HF decoder for token positions "
     "(a hook function sees no attention mask), and",
     "bias_editing": "",
+    "nnsight_trace": "stores the assignment as one persistent edit (`lm.edit(inplace=True)`) that nnsight replays "
+    "in every later trace and `generate` of `lm`, reads token positions from the decoder's own `.inputs` at every "
+    "step, and",
 }
 LIBRARY_AFTER = {name: "" for name in BACKENDS} | {
     "transformer_lens_hooks": " Against plain HF the bridge differs by float rounding, since it computes "
     "attention its own way (bounded in the self-check).",
     "bias_editing": " Against a hook it differs by rounding: `x @ W + (b + v)` sums in another order than "
     "`(x @ W + b) + v` (bounded in the self-check).",
+    "nnsight_trace": " `steer` takes the nnsight model, never the HF one; `nnsight_from_hf(model, tokenizer)` builds "
+    "one as setup did, on copies of the model and tokenizer (the self-check steers one).",
 }
 
 
@@ -522,10 +616,13 @@ def library_md(name: str) -> str:
 
 
 def library_code(name: str) -> str:
-    net = "bridge" if name == "transformer_lens_hooks" else "model"
-    logits = "bridge(prompt)" if name == "transformer_lens_hooks" else "model(prompt).logits"
+    net = {"transformer_lens_hooks": "bridge", "nnsight_trace": "lm"}.get(name, "model")
+    logits = {"transformer_lens_hooks": "bridge(prompt)", "nnsight_trace": "logits(prompt)"}.get(
+        name, "model(prompt).logits"
+    )
+    imported = "nnsight_from_hf, steer" if name == "nnsight_trace" else "steer"
     return (
-        f"from steering_backends.{name} import steer\n\n"
+        f"from steering_backends.{name} import {imported}\n\n"
         f"with steer({net}, [warm]):\n"
         f"    library_logits, library_text = {logits}, complete(prompt)\n"
         'print(f"  library: {library_text!r}")'
@@ -545,12 +642,15 @@ COMPARE_MD = {
     "perplexity under the *unsteered* model (higher: less fluent). The last row gives the means."
     for name in BACKENDS
 }
+COMPARE_MD["nnsight_trace"] += " It is given `lm`, not `model`: it samples through nnsight's `generate`."
 PROMPTS = 'prompts = ["I hate you because", "My first day at the new school was"]  # held out from the sweep\n'
 
 
 def compare_code(name: str, spec: str, expect: str) -> str:
     if name == "transformer_lens_hooks":
         net, n = "bridge", "n=1"
+    elif name == "nnsight_trace":  # nnsight steers its own runs only: compare samples through lm.generate
+        net, n = "lm", "n=2"
     else:
         net, n = "model", "n=2"
     call = f'compare({net}, tokenizer, prompts, [{spec}], backend="{name}", {n}, max_new_tokens=60, expect={expect})'
@@ -667,6 +767,33 @@ GOTCHA_MD = {
 
 > **Gotcha: KV-cache positions** do not matter here: the bias is added at every position, cached or new.
 """,
+    "nnsight_trace": f"""
+## 6. Gotchas
+
+> **Gotcha: only runs through nnsight are steered.** An intervention belongs to nnsight's run (the library's
+> edit to the envoy `lm`), not to the module: calling the HF model, `model(...)`, or `lm(...)` outside a trace
+> bypasses nnsight and is not steered (below). `steer(model, ...)` refuses the HF model with a `TypeError`.
+
+> **Gotcha: wrapping changes what it wraps.** `TransformersModel` sets the pad token and left padding on the
+> tokenizer it is given (below: give it a copy), and instruments every module of the model for good: inert
+> outside nnsight's runs (no hooks, the same parameters: the self-check compares them). `nnsight_from_hf` copies both.
+
+> **Gotcha: importing nnsight patches Python and torch, process-wide.** `torch.Tensor.backward` is replaced (so
+> that `with loss.backward():` can trace gradients), and every Python object gains a `.save()` method, in code
+> that never uses nnsight too.
+
+> **Gotcha: the open loop during `generate`.** A loop over `tracer.iter` that asks for a step the run never
+> makes (generation stopped at EOS first, or the open-ended `tracer.all()`) is cut short with a warning, and
+> nothing after the loop runs: here, the `tracer.result.save()`. Pin the count with `min_new_tokens`, as
+> `GREEDY` does; the library loops over `tracer.iter[:]` and catches the end.
+
+> **Gotcha: tuple vs tensor.** `.input` is a block's hidden states (HF passes them first), but `.output` is
+> what the module returned: a tensor from transformers 5 blocks, a tuple `(hidden, ...)` from transformers 4's
+> and from attention modules. `.output[0]` on a tensor silently takes the first *batch row*.
+
+{KV_CACHE}
+> The library reads the mask from the decoder's own `.inputs` at every step (exercise).
+""",
 }
 GOTCHA_CODE = {
     "custom_wrapper": """
@@ -716,6 +843,14 @@ changed = [i for i, (a, b) in enumerate(zip(unsteered_states, steered_states, st
 print(f"bias of block {warm.layer - 1} edited: hidden_states[{changed[0]}] is the first entry that changes")
 assert changed[0] == warm.layer  # block L − 1's output = block L's input = hidden_states[L]
 """,
+    "nnsight_trace": """
+with steer(lm, [warm]):
+    through_nnsight = lm.trace(prompt, trace=False).logits  # one forward through nnsight, no trace body
+    around_nnsight = model(prompt).logits  # the HF model itself: nnsight never sees this call
+assert torch.equal(through_nnsight, inline_logits) and torch.equal(around_nnsight, unsteered_logits)
+print("inside steer(lm, ...): lm.trace(...) is steered, model(...) is not")
+print(f"padding side: {lm.tokenizer.padding_side!r} on nnsight's copy, {tokenizer.padding_side!r} on ours")
+""",
 }
 BAD_MD = {
     "custom_wrapper": "A bad spec is refused before any module is replaced:",
@@ -723,6 +858,7 @@ BAD_MD = {
     "baukit_tracedict": "A bad spec is refused before any hook is registered:",
     "transformer_lens_hooks": "A bad spec is refused before any hook is added:",
     "bias_editing": "Bias editing refuses what a bias cannot express, before touching a parameter:",
+    "nnsight_trace": "A bad spec is refused before any edit is stored:",
 }
 BAD_CODE = {
     "custom_wrapper": 'with steer(model, [SteeringSpec(len(blocks), "resid_pre", warm.vector, warm.coeff)]):\n    pass',
@@ -732,6 +868,8 @@ BAD_CODE = {
     "transformer_lens_hooks": 'with steer(bridge, [SteeringSpec(warm.layer, "resid_pre", warm.vector, float("nan"))]):'
     "\n    pass",
     "bias_editing": 'with steer(model, [SteeringSpec(warm.layer, "resid_pre", warm.vector, warm.coeff, start=1)]):\n'
+    "    pass",
+    "nnsight_trace": 'with steer(lm, [SteeringSpec(-len(blocks) - 1, "resid_pre", warm.vector, warm.coeff)]):\n'
     "    pass",
 }
 
@@ -748,7 +886,9 @@ SELF_CHECK_MD = (
 
 def self_check_code(name: str) -> str:
     net = "bridge" if name == "transformer_lens_hooks" else "model"
-    logits = "bridge(prompt)" if name == "transformer_lens_hooks" else "model(prompt).logits"
+    logits = {"transformer_lens_hooks": "bridge(prompt)", "nnsight_trace": "logits(prompt)"}.get(
+        name, "model(prompt).logits"
+    )
     lines = [
         "assert torch.equal(library_logits, inline_logits) and library_text == inline_text  # inline == library",
         f"assert torch.equal({logits}, unsteered_logits) and complete(prompt) == unsteered_text  # unsteered again",
@@ -763,6 +903,13 @@ def self_check_code(name: str) -> str:
             "    inline_0 = model(prompt).logits",
             'with steer(model, [SteeringSpec(0, "resid_pre", warm.vector, warm.coeff)]):',
             "    assert torch.equal(model(prompt).logits, inline_0)",
+        ]
+    if name == "nnsight_trace":
+        lines += [
+            "# nnsight_from_hf wraps as setup did, on copies of the model and tokenizer: steered alike",
+            "copied = nnsight_from_hf(model, tokenizer)",
+            "with steer(copied, [warm]):",
+            "    assert torch.equal(copied.trace(prompt, trace=False).logits, inline_logits)",
         ]
     if name in ("transformer_lens_hooks", "bias_editing"):
         lines = [
@@ -919,6 +1066,33 @@ with steer(model, [SteeringSpec(warm.layer, "attn_out", warm.vector, warm.coeff)
 ```
 </details>
 """,
+    "nnsight_trace": """
+## 8. Exercise
+
+Steer only the generated tokens: during `lm.generate`, leave step 0 (the prompt) alone and add `addition` at
+every later step. The library does the same with `start=prompt.shape[1]`, the position of the first generated
+token; check that both generate the same ids.
+
+<details><summary>Solution</summary>
+
+```python
+with lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY) as tracer:
+    for _ in tracer.iter[1:N_NEW]:  # steps 1, 2, ...: one new token each; step 0 ran the prompt
+        block.input = block.input + addition
+    late_inline = tracer.result.save()
+
+late = SteeringSpec(warm.layer, "resid_pre", warm.vector, warm.coeff, start=prompt.shape[1])
+with steer(lm, [late]):
+    late_library = lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY)
+assert torch.equal(late_inline, late_library)
+print(tokenizer.decode(late_inline[0, prompt.shape[1] :]))
+```
+
+Step 0 runs the prompt, positions 0 … T − 1, and picks the first new token unsteered; step k runs only the
+token at position T + k − 1, which the library places by the attention mask over cache and new tokens, not by
+the one-token call's own `arange`. So the first new token is the unsteered one, and the steering starts after it.
+</details>
+""",
 }
 
 
@@ -970,6 +1144,13 @@ def notebook(name: str) -> nbformat.NotebookNode:
 
 
 if __name__ == "__main__":
+    import sys
+
+    chosen = sys.argv[1:] or list(NOTEBOOKS.values())  # file names; none: all of them
+    unknown = sorted(set(chosen) - set(NOTEBOOKS.values()))
+    if unknown:
+        raise SystemExit(f"unknown notebooks {unknown}; allowed: {', '.join(NOTEBOOKS.values())}")
     for backend, filename in NOTEBOOKS.items():
-        nbformat.write(notebook(backend), HERE / filename)
-        print(f"wrote {filename}")
+        if filename in chosen:
+            nbformat.write(notebook(backend), HERE / filename)
+            print(f"wrote {filename}")

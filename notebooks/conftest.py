@@ -7,7 +7,7 @@ import pytest
 
 from steering_backends import backend
 
-NEEDS_BACKEND = {"03_baukit_tracedict.ipynb": "baukit_tracedict"}
+NEEDS_BACKEND = {"03_baukit_tracedict.ipynb": "baukit_tracedict", "09_nnsight.ipynb": "nnsight_trace"}
 
 
 def _import_error(name: str) -> str | None:
