@@ -200,6 +200,8 @@ def plot(rows: list[dict]) -> None:
     ax.axhline(TARGETS[1][0], color="tab:green", ls=":", lw=1)
     ax.axhline(TARGETS[-1][0], color="tab:red", ls=":", lw=1)
     ax.axhline(0, color="black", lw=0.5)
+    # VADER's compound is at most 1, so no steering can raise the mean by more than this:
+    ax.axhline(1 - rows[0]["unsteered"], color="tab:green", lw=1, alpha=0.5, label="ceiling: every row +1")
     ax.set_xscale("log")
     ax.set_xlabel("perplexity of steered text under the unsteered model, ÷ unsteered (log)")
     ax.set_ylabel("Δ mean VADER compound (steered − unsteered)")
