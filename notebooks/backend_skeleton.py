@@ -658,11 +658,30 @@ def compare_code(name: str, spec: str, expect: str) -> str:
     return (PROMPTS if spec == "warm" else "") + note + call
 
 
-COMMENT_MD = (
-    "<!-- COMMENT: revisit after final run -->\n"
-    "Read the summary rows: how many rows moved the expected way, by how much, and what it cost in fluency "
-    "(the perplexity ratio). A handful of rows illustrates the setting; the sweep's held-out report measures it."
+COMMENT_HF = (
+    "**What the samples show.** Warmer: all 4 rows score higher than their unsteered row (mean +0.62 → +0.97). "
+    '"I hate you because of your pride and your desire to be a hero" becomes "… of your kindness. I\'ve been '
+    'blessed to have you as a wonderful partner", and the first school day becomes "filled with excitement and '
+    'endless possibilities"; the unsteered model finds the steered text only 1.2× as surprising as its own, so it '
+    'is still fluent. Colder: 3 of 4 rows drop (mean +0.62 → −0.20): the same prompt turns to "the enemy that has '
+    'come to destroy you" and to a threat, while one school-day row stays where it was (+0.36 → +0.34). '
+    'Four rows illustrate; the held-out report (README, "Steering you can see") measures 64 per direction: '
+    "58 warmer, 59 colder. The backends that let HF sample (01, 02, 03, 05, 09) show these same rows."
 )
+COMMENT_MD = {
+    name: COMMENT_HF
+    for name in ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "bias_editing", "nnsight_trace")
+} | {
+    "transformer_lens_hooks": (
+        "**What the samples show.** The bridge samples with TransformerLens's own sampler, so these rows are not "
+        "the other backend notebooks' (and there is one seed per prompt). Warmer: both rows score higher (+0.88 → "
+        '+0.98): "I hate you because of your love for me" becomes "… of your unique perspective. Your love for the '
+        'beauty of nature has inspired me", and the school day becomes "amazing". Colder: both drop (+0.88 → '
+        '−0.58); the school day becomes "a traumatic experience", and the text turns dark (the colder direction '
+        "can write disturbing things). Its perplexity ratio on these two rows is 2.3; over the held-out report's "
+        "64 rows it is 1.8."
+    )
+}
 
 # ---------------------------------------------------------------------------------------------
 # 6. Gotchas
@@ -1116,7 +1135,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("compare-heading", "markdown", COMPARE_MD[name]),
         ("compare-warm", "code", compare_code(name, "warm", "+1")),
         ("compare-cold", "code", compare_code(name, "cold", "-1")),
-        ("compare-comment", "markdown", COMMENT_MD),
+        ("compare-comment", "markdown", COMMENT_MD[name]),
         ("gotchas", "markdown", text(GOTCHA_MD[name])),
         ("gotcha-demo", "code", text(GOTCHA_CODE[name])),
         ("bad-spec-heading", "markdown", BAD_MD[name]),
