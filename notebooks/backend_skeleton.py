@@ -11,20 +11,16 @@ so re-run the notebooks afterwards.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = (
-    "custom_wrapper",
-    "pytorch_hooks",
-    "baukit_tracedict",
-    "transformer_lens_hooks",
-    "bias_editing",
-    "nnsight_trace",
-)
+sys.path.insert(0, str(HERE.parent))  # the package, one folder up
+from steering_backends import BACKENDS  # noqa: E402
+
 NOTEBOOKS = dict(
     zip(
         BACKENDS,
