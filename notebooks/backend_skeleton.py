@@ -291,7 +291,10 @@ READING_INTRO = (
     "The classic steering vector is a difference of activations: the residual stream at block L's input "
     '(`resid_pre`) for BOS + "Love" minus the same for BOS + "Hate", at the last token. BOS keeps the word off '
     "position 0, where trained models park an *attention sink* about 100× larger than the other tokens. "
-    "Read it at the block the measured setting steers, `warm.layer`.\n\n"
+    "Read it at the block the measured setting steers, `warm.layer`. It is for practice in reading: the measured "
+    "setting below steers with another vector, the mean difference of 64 sentiment sentence pairs (notebook 07), "
+    'scaled to length 1, because on SmolLM2 Love − Hate barely makes text warmer (README, "Steering you can '
+    'see").\n\n'
 )
 READING_MD = {
     "custom_wrapper": "A wrapper reads it: a module that stands in for the block, keeps what it was called with, "
@@ -450,7 +453,7 @@ STEER_MD = {
     "`tracer.iter[:N_NEW]` repeats the assignment at each of those steps (`GREEDY` pins the count with "
     "`min_new_tokens`).",
 }
-ADDITION = "addition = (warm.coeff * warm.vector).to(device)  # [d_model]\n"
+ADDITION = "addition = (warm.coeff * warm.vector).to(device, model.dtype)  # [d_model], in the stream's dtype\n"
 SHOW_GREEDY = '\nprint(f"unsteered: {unsteered_text!r}\\n   inline: {inline_text!r}")'
 STEER_CODE = {
     "custom_wrapper": '''
@@ -634,8 +637,12 @@ COMPARE_MD = {
     "`SENTIMENT`): recipe, block and coefficient, for warmer (`warm`) and colder (`cold`) text (a model type "
     "without a measured setting gets the original Love − Hate one). `compare` samples "
     f"each prompt with a few seeds, unsteered beside steered through `{name}` (the same seed in both columns, so "
-    "steering is the only difference), and scores every completion: VADER sentiment from −1 to +1, and "
-    "perplexity under the *unsteered* model (higher: less fluent). The last row gives the means."
+    "steering is the only difference), and scores every completion: VADER sentiment from −1 to +1 (a rule-based "
+    "word list: it counts words like 'love' and 'hate', not meaning), and perplexity under the *unsteered* model "
+    "(higher: less fluent). The sampling is the original ActivationAdditions comparisons': temperature 1, top-p "
+    "0.3 (close to greedy) and a frequency penalty of 1, which `compare` applies as its own logits processor. The "
+    "last lines give the mean sentiment per column and the pooled perplexity, exp(total NLL / total tokens), "
+    "which is not the average of the ppl column."
     for name in BACKENDS
 }
 COMPARE_MD["nnsight_trace"] += " It is given `lm`, not `model`: it samples through nnsight's `generate`."
@@ -659,10 +666,13 @@ COMMENT_HF = (
     '"I hate you because of your pride and your desire to be a hero" becomes "… of your kindness. I\'ve been '
     'blessed to have you as a wonderful partner", and the first school day becomes "filled with excitement and '
     'endless possibilities"; the unsteered model finds the steered text only 1.2× as surprising as its own, so it '
-    'is still fluent. Colder: 3 of 4 rows drop (mean +0.62 → −0.20): the same prompt turns to "the enemy that has '
-    'come to destroy you" and to a threat, while one school-day row stays where it was (+0.36 → +0.34). '
-    'Four rows illustrate; the held-out report (README, "Steering you can see") measures 64 per direction: '
-    "58 warmer, 59 colder. The backends that let HF sample (01, 02, 03, 05, 09) show these same rows."
+    "is still fluent. The shift is capped: the unsteered text already scores high, and no score passes +1 (over "
+    "the held-out report's 64 rows that cap is why Δ is +0.49, not the +0.60 aimed for). Colder: both \"I hate "
+    'you" rows turn sharply negative (+0.91 → −0.93, "the enemy that has come to destroy you"; +0.80 → −0.60, '
+    "a threat); the school-day rows do not (+0.39 → +0.39, and +0.36 → +0.34, counted as moved by 0.02), though "
+    'one loses its apostrophes ("nt bad", "didnt"), and the steered text is 1.57× as surprising. Four rows '
+    'illustrate; the held-out report (README, "Steering you can see") measures 64 per direction: 58 warmer, 59 '
+    "colder. The backends that let HF sample (01, 02, 03, 05, 09) show these same rows."
 )
 COMMENT_MD = {
     name: COMMENT_HF
@@ -673,9 +683,9 @@ COMMENT_MD = {
         "the other backend notebooks' (and there is one seed per prompt). Warmer: both rows score higher (+0.88 → "
         '+0.98): "I hate you because of your love for me" becomes "… of your unique perspective. Your love for the '
         'beauty of nature has inspired me", and the school day becomes "amazing". Colder: both drop (+0.88 → '
-        '−0.58); the school day becomes "a traumatic experience", and the text turns dark (the colder direction '
-        "can write disturbing things). Its perplexity ratio on these two rows is 2.3; over the held-out report's "
-        "64 rows it is 1.8."
+        '−0.58); the school day becomes "a traumatic experience", and the other row loses coherence (perplexity '
+        "10.3): the colder direction can write disturbing, broken text. Its perplexity ratio on these two rows is "
+        "2.3, the warmer one's 1.37; over the held-out report's 64 rows they are 1.8 and 1.6."
     )
 }
 
@@ -709,8 +719,9 @@ GOTCHA_MD = {
 > `finally`, or an exception inside the block leaves the model steered.
 
 > **Gotcha: tuple vs tensor.** A forward hook's return value replaces the output, whatever its type: transformers
-> 5 decoder layers (Llama, GPT-2) return a tensor, transformers 4's `GPT2Block` a tuple `(hidden, ...)`, and
-> attention sublayers `(output, weights)`. Handle both (below: `resid_post` of block L − 1, which is block L's input).
+> 5 decoder layers (Llama, GPT-2) return a tensor, transformers 4's `GPT2Block` (and `LlamaDecoderLayer` before
+> 4.5x) a tuple `(hidden, ...)`, and attention sublayers `(output, weights)`. Handle both (below: `resid_post` of
+> block L − 1, which is block L's input).
 
 > **Gotcha: `hidden_states[L + 1]` is block L's output, and hooks change what it shows.** transformers 5 fills
 > `output_hidden_states` with forward hooks of its own. `hidden_states[0]` is block 0's input as block 0 got it,
@@ -745,8 +756,8 @@ GOTCHA_MD = {
     "transformer_lens_hooks": f"""
 ## 6. Gotchas
 
-> **Gotcha: BOS.** TransformerLens prepends BOS to a string by default (`prepend_bos=True`); HF's GPT-2 tokenizer
-> does not. Tokenize once and give every backend the same ids (below).
+> **Gotcha: BOS.** TransformerLens prepends BOS to a string by default (`prepend_bos=True`); HF's GPT-2 and SmolLM2
+> tokenizers do not. Tokenize once and give every backend the same ids (below).
 
 > **Gotcha: the legacy loader's weight processing.** TransformerLens 3's `HookedTransformer` (removed in 4)
 > folded layer norms and centred weights by default, so its logits did not match HF's. The 4.x bridge keeps
