@@ -335,32 +335,21 @@ def compare(
     _validate(n, temperature, top_p, frequency_penalty, max_new_tokens)
     steer = backend_module(backend).steer
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    settings = dict(
-        backend=backend,
-        temperature=temperature,
-        top_p=top_p,
-        frequency_penalty=frequency_penalty,
-        max_new_tokens=max_new_tokens,
+    draw = dict(
+        temperature=temperature, top_p=top_p, frequency_penalty=frequency_penalty, max_new_tokens=max_new_tokens
     )
     rows = [(prompt, seed + i) for prompt in prompts for i in range(n)]
     row_prompts, seeds = [p for p, _ in rows], [s for _, s in rows]
-    draw = dict(
-        temperature=temperature,
-        top_p=top_p,
-        frequency_penalty=frequency_penalty,
-        max_new_tokens=max_new_tokens,
-        bos=bos,
-        is_bridge=backend == "transformer_lens_hooks",
-    )
-    unsteered = sample(model, tokenizer, row_prompts, seeds, **draw)
+    is_bridge = backend == "transformer_lens_hooks"
+    unsteered = sample(model, tokenizer, row_prompts, seeds, **draw, bos=bos, is_bridge=is_bridge)
     with steer(model, specs):
-        steered = sample(model, tokenizer, row_prompts, seeds, **draw)
+        steered = sample(model, tokenizer, row_prompts, seeds, **draw, bos=bos, is_bridge=is_bridge)
     return Comparison(
         row_prompts,
         seeds,
         score(model, tokenizer, row_prompts, unsteered, bos),
         score(model, tokenizer, row_prompts, steered, bos),
-        settings,
+        dict(backend=backend, **draw),
         expect,
     )
 
