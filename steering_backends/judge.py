@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .prompts import hf_positions
+from .prompts import hf_positions, left_pad_ids
 
 __all__ = ["completion_nll", "perplexity", "repeated_ngram_share", "sentiment"]
 
@@ -63,10 +63,8 @@ def completion_nll(
     results: list[tuple[float, int]] = []
     for first in range(0, len(prompts), batch_size):
         chunk = zip(prompts[first : first + batch_size], completions[first : first + batch_size], strict=True)
-        rows = [[*p, *c] for p, c in chunk]
-        width = max(map(len, rows))
-        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=device)  # [b, T]
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        ids, mask = (t.to(device) for t in left_pad_ids([[*p, *c] for p, c in chunk], pad_id=0))  # [b, T]
+        width = ids.shape[1]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits.float()
         log_probs = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [b, T-1]: token t+1
         for row, completion in enumerate(completions[first : first + batch_size]):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["encode", "hf_positions", "left_pad"]
+__all__ = ["encode", "hf_positions", "left_pad", "left_pad_ids"]
 
 
 def encode(tokenizer: Any, text: str, bos: bool = False) -> list[int]:
@@ -36,7 +36,11 @@ def left_pad(
     Padding uses ``pad_id``, else the tokenizer's EOS id; the mask hides it either way.
     """
     rows = [encode(tokenizer, p, bos) for p in prompts]
-    pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
+    return left_pad_ids(rows, tokenizer.eos_token_id if pad_id is None else pad_id)
+
+
+def left_pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists: (input_ids [B, T], attention_mask [B, T], 1 = real token)."""
     width = max(map(len, rows))
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
