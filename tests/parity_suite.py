@@ -16,6 +16,7 @@ from steering_backends.parity import (
     format_table,
     greedy,
     left_pad,
+    logit_scale,
     make_runners,
     max_abs_diff,
     parity_cases,
@@ -40,13 +41,16 @@ class ParityResults:
     skipped: dict
     tokens: dict = field(default_factory=dict)  # backend -> greedy ids with the KV cache
     tokens_no_cache: dict = field(default_factory=dict)  # backend -> the reference's no-cache ids it must match
+    scales: dict = field(default_factory=dict)  # case -> max |logit| of the reference's steered logits
     step_gap: dict = field(default_factory=dict)  # backend -> max |Δ| cached step logits vs no-cache
+    step_scale: dict = field(default_factory=dict)  # backend -> max |logit| of the no-cache step logits
     steps: dict = field(default_factory=dict)  # backend -> cached step logits [B, N_NEW, vocab]
     steps_no_cache: dict = field(default_factory=dict)  # backend -> the no-cache step logits they must match
     batch_gap: dict = field(default_factory=dict)  # backend -> max |Δ| padded row vs alone
-    perturbed: dict = field(default_factory=dict)  # deliberate error -> max |Δ| vs reference
-    tolerances: dict = field(default_factory=dict)  # backend -> max |Δlogit| allowed vs reference
-    rounding_tol: float = 0.0  # max |Δlogit| allowed between cached/no-cache and batched/alone runs
+    batch_scale: dict = field(default_factory=dict)  # backend -> max |logit| of the prompts run alone
+    perturbed: dict = field(default_factory=dict)  # deliberate error -> max |Δ| vs reference (resid_pre mid)
+    tolerances: dict = field(default_factory=dict)  # backend -> max |Δlogit| allowed vs reference, / scale
+    rounding_tol: float = 0.0  # the same for cached/no-cache and batched/alone runs, / scale
     model_type: str = ""
 
 
@@ -113,6 +117,7 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
     cases = parity_cases(n_layers, d_model, scale=scale)
     refs, table = reference_run(runners, cases, ids, mask)
     results = ParityResults(n_layers, d_model, scale, table, skipped, model_type=model.config.model_type)
+    results.scales = {label: logit_scale(ref, mask) for label, ref in refs.items()}
     reference = next(r for r in runners if r.name == REFERENCE)
 
     gen_specs = {kind: generation_specs(n_layers, d_model, scale, kind) for kind in (True, False)}
@@ -135,27 +140,34 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
             results.tokens[runner.name], steps = runner.generate(ids, mask, N_NEW)
         results.tokens_no_cache[runner.name], no_cache_steps = no_cache[kind]
         results.step_gap[runner.name] = (steps - no_cache_steps).abs().max().item()
+        results.step_scale[runner.name] = no_cache_steps.abs().max().item()
         results.steps[runner.name], results.steps_no_cache[runner.name] = steps, no_cache_steps
         specs = batch_specs(runner, n_layers, d_model, scale)
         with runner.steer(runner.model, specs):
             batch = runner.logits(ids, mask)
-            gaps = []
+            gaps, scales = [], []
             for row, prompt in enumerate(PROMPTS):
                 alone_ids, alone_mask = left_pad(tokenizer, [prompt])
                 alone = runner.logits(alone_ids, alone_mask)[0]
                 gaps.append((batch[row, mask[row].bool()] - alone).abs().max().item())
-            results.batch_gap[runner.name] = max(gaps)
+                scales.append(alone.abs().max().item())
+            results.batch_gap[runner.name], results.batch_scale[runner.name] = max(gaps), max(scales)
     return results
 
 
 def report(results: ParityResults, title: str) -> str:
+    """Markdown: the parity table, then every other gap, absolute and relative to its logits' scale."""
+    scales = results.scales.values()
     lines = [f"## {title}", "", "max |Δlogit| against pytorch_hooks (effect: steered vs unsteered);"]
     lines += [f"vector entries ~ N(0, {results.scale:.3g}^2), a quarter of the residual RMS", ""]
     lines += [format_table(results.table), ""]
     lines += [f"- skipped: {name}: {why}" for name, why in results.skipped.items()]
-    lines += [
-        f"- greedy step logits with cache vs no cache, {name}: {gap:.1e}" for name, gap in results.step_gap.items()
-    ]
-    lines += [f"- padded batch row vs alone, {name}: {gap:.1e}" for name, gap in results.batch_gap.items()]
-    lines += [f"- deliberate error '{label}': {gap:.1e}" for label, gap in results.perturbed.items()]
+    lines += [f"- logit scale (max |logit| of the reference's steered logits): {min(scales):.3g}–{max(scales):.3g}"]
+    for name, gap in results.step_gap.items():
+        relative = gap / results.step_scale[name]
+        lines.append(f"- greedy step logits with cache vs no cache, {name}: {gap:.1e} (relative {relative:.1e})")
+    for name, gap in results.batch_gap.items():
+        lines.append(f"- padded batch row vs alone, {name}: {gap:.1e} (relative {gap / results.batch_scale[name]:.1e})")
+    for label, gap in results.perturbed.items():
+        lines.append(f"- deliberate error '{label}': {gap:.1e} (relative {gap / results.scales['resid_pre mid']:.1e})")
     return "\n".join(lines)

@@ -1,10 +1,12 @@
 """float32 vectors steering bfloat16 and float16 models: the parity suite per dtype.
 
 The hook backends (nnsight's edit included) still run the same ops on the same tensors,
-so they stay bitwise equal. TransformerLens and bias editing round differently, now at the low precision's
-resolution. Measured maxima on the tiny GPT-2 / Llama (CPU): bfloat16 5.9e-3 / 7.8e-3,
-float16 9.8e-4 / 7.3e-4 against the reference; cached vs no-cache step logits
-bfloat16 7.8e-3 (GPT-2), float16 9.8e-4. The tolerances leave ~4x headroom. bfloat16
+so they stay bitwise equal. TransformerLens and bias editing round differently, now at the
+low precision's resolution. Tolerances are relative to the logits' scale (max |logit| of
+the reference, 0.71-0.93 on these models). Measured maxima on the tiny GPT-2 / Llama (CPU),
+absolute: bfloat16 5.9e-3 / 7.8e-3, float16 7.3e-4 / 7.3e-4 against the reference, so at
+most 1.1e-2 (bfloat16) and 1.0e-3 (float16) relative; cached vs no-cache step logits at most
+7.0e-3 / 9.0e-4 relative. The tolerances, 4e-2 and 5e-3, leave ~4x headroom. bfloat16
 keeps 8 bits of mantissa, so a near-tie between the top two logits can flip a greedy id
 between cached and no-cache decoding (it did on the tiny Llama): an id may differ only
 where the top two logits are within the tolerance (parity_suite.assert_same_greedy).
@@ -20,7 +22,7 @@ from parity_suite import assert_same_greedy, report, run_suite
 from steering_backends.layout import dims
 from steering_backends.models import load
 
-DTYPE_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
+DTYPE_TOL = {torch.bfloat16: 4e-2, torch.float16: 5e-3}  # relative to the logits' scale
 HOOK_BACKENDS = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "nnsight_trace")
 
 
@@ -46,17 +48,19 @@ def test_float32_vectors_steer_low_precision_models_with_parity(results):
         assert row["effect"] > 0.1, f"{label}: steering must change the logits"
         for name, diff in row.items():
             if name != "effect" and diff is not None:
-                assert diff <= results.tolerances[name], f"{label}: {name} is {diff:.2e} from the reference"
+                allowed = results.tolerances[name] * results.scales[label]
+                assert diff <= allowed, f"{label}: {name} is {diff:.2e} from the reference (allowed {allowed:.1e})"
 
 
 def test_greedy_generation_with_cache_matches_no_cache_up_to_ties(results):
     for name, tokens in results.tokens.items():
         n_new = results.steps[name].shape[1]
         new, ref_new = tokens[:, -n_new:], results.tokens_no_cache[name][:, -n_new:]
-        tol = results.tolerances[name] + results.rounding_tol
+        tol = (results.tolerances[name] + results.rounding_tol) * results.step_scale[name]
         assert_same_greedy(new, results.steps[name], ref_new, results.steps_no_cache[name], tol, name)
 
 
 def test_padded_batch_rows_match_prompts_run_alone(results):
     for name, gap in results.batch_gap.items():
-        assert gap <= results.rounding_tol, f"{name}: a padded row is {gap:.2e} from the prompt run alone"
+        allowed = results.rounding_tol * results.batch_scale[name]
+        assert gap <= allowed, f"{name}: a padded row is {gap:.2e} from the prompt run alone (allowed {allowed:.1e})"

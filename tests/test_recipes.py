@@ -9,7 +9,7 @@ from helpers import MASK, logits_with
 
 from steering_backends import SteeringSpec, backend
 from steering_backends.models import random_model
-from steering_backends.parity import TOLERANCES, Runner, max_abs_diff
+from steering_backends.parity import RELATIVE_TOLERANCES, Runner, max_abs_diff, tolerance
 from steering_backends.prompts import encode
 from steering_backends.vectors import (
     activations,
@@ -235,4 +235,6 @@ def test_every_recipe_steers_through_every_backend(runner, tiny, recipe_specs):
             continue
         steered = logits_with(runner, [spec])
         assert max_abs_diff(steered, logits_with(runner, []), MASK) > 1e-3, name
-        assert max_abs_diff(steered, logits_with(reference, [spec]), MASK) <= TOLERANCES[runner.name], name
+        expected = logits_with(reference, [spec])
+        allowed = tolerance(RELATIVE_TOLERANCES[runner.name], expected, MASK)
+        assert max_abs_diff(steered, expected, MASK) <= allowed, name
