@@ -15,6 +15,7 @@ nbmake does that) and the page is checked:
 from __future__ import annotations
 
 import base64
+import importlib.util
 import math
 import re
 import subprocess
@@ -132,6 +133,26 @@ def test_page_shows_what_a_reader_needs(path, pages):
     notebook = nbformat.read(path, as_version=4)
     found = problems(notebook, pages[path.stem], FIGURES.get(path.stem, 0), TABLES.get(path.stem, 0))
     assert not found, f"{path.name}, rendered to HTML:\n" + "\n".join(found)
+
+
+def install_cell_module():
+    spec = importlib.util.spec_from_file_location("install_cell", NOTEBOOKS / "install_cell.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[path.stem for path in PATHS])
+def test_setup_opens_with_the_install_cell(path):
+    """For a reader in a hosted notebook service: commented out, no outputs, right under the Setup heading."""
+    install_cell = install_cell_module()
+    cells = nbformat.read(path, as_version=4).cells
+    at = [i for i, cell in enumerate(cells) if cell.get("id") == install_cell.CELL_ID]
+    assert len(at) == 1, f"{path.name} has no install cell; run: python notebooks/install_cell.py {path.name}"
+    cell, heading = cells[at[0]], cells[at[0] - 1]
+    assert cell.source == install_cell.source(path.name), f"stale; run: python notebooks/install_cell.py {path.name}"
+    assert all(line.startswith("#") for line in cell.source.splitlines()) and not cell.outputs
+    assert heading.cell_type == "markdown" and install_cell.SETUP_HEADING.match(heading.source)
 
 
 def test_every_notebook_is_checked():
