@@ -19,6 +19,9 @@ import nbformat
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the package, one folder up
+sys.path.insert(0, str(HERE))  # install_cell.py, beside this file
+import install_cell  # noqa: E402
+
 from steering_backends import BACKENDS  # noqa: E402
 
 NOTEBOOKS = dict(
@@ -1131,6 +1134,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
     return [
         ("preamble", "markdown", preamble(name)),
         ("setup-heading", "markdown", "## 1. Setup"),
+        (install_cell.CELL_ID, "code", install_cell.source(NOTEBOOKS[name])),  # for hosted notebook services
         ("setup", "code", setup_code(name)),
         ("setup-helpers", "code", HELPERS[name]),
         ("reading-heading", "markdown", READING_INTRO + READING_MD[name]),

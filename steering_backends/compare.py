@@ -212,10 +212,11 @@ class Comparison:
             for prompt, seed, u, s in zip(self.prompts, self.seeds, self.unsteered, self.steered, strict=True)
         )
         summary = html.escape(str(self.summary())).replace("\n", "<br>")
+        text = "<th style='text-align:left'>{}</th>"  # over left-aligned text (Jupyter right-aligns headers)
         return (
             f"<table><caption>{html.escape(self._settings_line())}</caption>"
-            "<tr><th>seed</th><th>unsteered</th><th>sentiment</th><th>ppl</th>"
-            f"<th>steered</th><th>sentiment</th><th>ppl</th></tr>{rows}"
+            f"<tr><th>seed</th>{text.format('unsteered')}<th>sentiment</th><th>ppl</th>"
+            f"{text.format('steered')}<th>sentiment</th><th>ppl</th></tr>{rows}"
             f"<tr><td colspan='7' style='text-align:left'>{summary}</td></tr></table>"
         )
 

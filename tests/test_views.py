@@ -82,7 +82,7 @@ def test_greedy_comparison_matches_greedy_decoding(gpt2_tiny, tokenizer):
 def test_comparison_as_html_and_plain_text(gpt2_tiny, tokenizer):
     table = compare(gpt2_tiny, tokenizer, PROMPT, [spec_at()], n=2, max_new_tokens=5)
     page = table._repr_html_()
-    assert page.count("<b>I hate you &lt;3 because</b>") == 4 and "<th>unsteered</th><th>sentiment</th>" in page
+    assert page.count("<b>I hate you &lt;3 because</b>") == 4 and "unsteered</th><th>sentiment</th>" in page
     assert f"<td>{table.steered[1].sentiment:+.2f}</td><td>{table.steered[1].perplexity:.1f}</td>" in page
     text = str(table)
     assert text.count("I hate you <3 because") == 4 and "unsteered" in text and "| steered" in text
