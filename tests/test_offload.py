@@ -301,6 +301,27 @@ def test_bias_editing_edits_what_accelerate_loads_and_puts_its_map_back(pair):
     assert checksums(folder) == files
 
 
+@pytest.mark.parametrize("name", ["tiny-gpt2-random", "tiny-llama-random"])
+@pytest.mark.parametrize("backend_name", ["pytorch_hooks", "bias_editing"])
+def test_cpu_offload_as_on_a_gpu_machine_weights_in_ram_steers_bitwise(name, backend_name):
+    """With a GPU, "cpu" in a device_map means offloaded: weights on meta, read from a state dict in
+    RAM at each call. accelerate.cpu_offload builds that here, with the CPU as execution device."""
+    from accelerate import cpu_offload
+
+    plain, _ = load(name)
+    model, _ = load(name)
+    cpu_offload(model, execution_device="cpu")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    before = snapshot(model)
+    specs = [SteeringSpec(0, "mlp_out", vec(1), 3.0), SteeringSpec(3, "attn_out", vec(2), 3.0)]
+    with backend(backend_name).steer(plain, specs):
+        expected = plain(IDS, attention_mask=MASK).logits
+    with backend(backend_name).steer(model, specs):
+        assert torch.equal(model(IDS, attention_mask=MASK).logits, expected)
+    assert_unchanged(before, model)
+    assert torch.equal(model(IDS, attention_mask=MASK).logits, plain(IDS, attention_mask=MASK).logits)
+
+
 def test_bias_editing_refuses_a_meta_parameter_that_no_accelerate_hook_loads(pair):
     """accelerate's remove_hook_from_module leaves offloaded weights on meta with nothing to load them."""
     from accelerate.hooks import remove_hook_from_module
