@@ -15,12 +15,21 @@ Existing parameters are edited in place and restored bitwise on exit, even on er
 A projection with no bias (Llama's o_proj and down_proj) gets one for the duration,
 removed on exit, so the state_dict has the same keys and bits afterwards.
 The vector is copied in without autograd: no gradient reaches it (use a hook backend).
+
+Models dispatched by accelerate (``from_pretrained(..., device_map=...)``): a module offloaded
+to CPU or disk keeps its parameters on the meta device, and accelerate's hook on it
+(``module._hf_hook``) reads them from its ``weights_map`` at every call. There the edit goes
+into that map instead: for the duration of the block the hook reads from a ChainMap of
+{name: edited value} over its own map, which is put back on exit. Nothing is written to
+the offloaded files. A parameter on meta that no accelerate hook loads is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import ChainMap
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -63,25 +72,61 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
             vector = spec.vector.detach().to(torch.promote_types(spec.vector.dtype, torch.float32))
             additions[name] = additions.get(name, 0) + spec.coeff * vector
     targets = {name: _owner(model, name) for name in additions}
+    offloaded = {name: _offload_hook(model, name) for name, (module, _) in targets.items() if _on_meta(module)}
 
     with contextlib.ExitStack() as stack:
         for name, (module, param_name) in targets.items():
             addition = additions[name]
             param = getattr(module, param_name)
-            if param is None:  # a bias-free Linear: give it a bias that is exactly the vector
+            if name in offloaded:  # accelerate loads it at each call: edit what it loads
+                hook, key = offloaded[name]
+                if param is None:
+                    _add_bias(stack, module, param_name, module.weight.new_empty(module.out_features))  # on meta
+                    value = addition.to(module.weight.dtype)
+                else:
+                    original = hook.weights_map[key]
+                    value = original + addition.to(dtype=original.dtype, device=original.device)
+                stack.callback(setattr, hook, "weights_map", hook.weights_map)
+                hook.weights_map = ChainMap({key: value}, hook.weights_map)
+            elif param is None:  # a bias-free Linear: give it a bias that is exactly the vector
                 weight = module.weight
-                bias = addition.detach().to(dtype=weight.dtype, device=weight.device)
-                module.register_parameter(param_name, torch.nn.Parameter(bias, requires_grad=False))
-                stack.callback(module.register_parameter, param_name, None)
+                _add_bias(stack, module, param_name, addition.detach().to(dtype=weight.dtype, device=weight.device))
             else:
                 stack.callback(_assign, param, param.detach().clone())  # restored bitwise, last edit first
                 _assign(param, param.detach() + addition.to(dtype=param.dtype, device=param.device))  # broadcasts
         yield model
 
 
+def _add_bias(stack: contextlib.ExitStack, module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    module.register_parameter(name, torch.nn.Parameter(value, requires_grad=False))
+    stack.callback(module.register_parameter, name, None)
+
+
 def _assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:
     with torch.no_grad():  # a leaf that requires grad cannot be written in place otherwise
         param.copy_(value)
+
+
+def _on_meta(module: torch.nn.Module) -> bool:
+    return any(t.device.type == "meta" for t in module.parameters(recurse=False))
+
+
+def _offload_hook(model: torch.nn.Module, name: str) -> tuple[Any, str]:
+    """(accelerate hook that loads parameter ``name`` at each call, its key in the hook's weights_map).
+
+    The hook sits on the parameter's module, or on an ancestor that places its submodules.
+    """
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        hook = getattr(model.get_submodule(".".join(parts[:depth])), "_hf_hook", None)
+        for one in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+            owns = depth == len(parts) - 1 or getattr(one, "place_submodules", False)
+            if getattr(one, "offload", False) and getattr(one, "weights_map", None) is not None and owns:
+                return one, ".".join(parts[depth:])
+    raise ValueError(
+        f"{name!r} is on the meta device and no accelerate hook loads it, so there is nothing to edit; "
+        "bias editing needs the weights materialised or offloaded by accelerate; use a hook backend"
+    )
 
 
 def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:

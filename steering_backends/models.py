@@ -5,6 +5,7 @@
     model, tokenizer = load("gpt2-xl")          # real weights, needs the hub (or its local cache)
     model, tokenizer = load("Qwen/Qwen2.5-0.5B", torch.bfloat16, "cuda")  # any gpt2/llama/mistral/qwen2 hub id
     model, tokenizer = load("path/to/folder")   # or a folder saved with save_pretrained
+    model, tokenizer = load("smollm2-135m", device_map=dmap, offload_folder="offload")  # dispatched by accelerate
 
 Offline sources:
     * smollm2-135m: SmolLM2-135M-Instruct (a Llama-architecture model), from the GGUF file
@@ -23,8 +24,10 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -142,18 +145,19 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def smollm2(dtype: torch.dtype = torch.float32):
+def smollm2(dtype: torch.dtype = torch.float32, **dispatch: Any):
     """(model, tokenizer) of SmolLM2-135M-Instruct, offline, from the verified cache.
 
     The cache holds float32 safetensors, the tokenizer and a manifest with each file's
     SHA-256 and the GGUF it came from. A missing, partial or corrupt cache is rebuilt.
+    ``dispatch`` (device_map, offload_folder) goes to ``from_pretrained``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf, folder = smollm2_gguf(), cache_dir() / SMOLLM2
     if not _cache_is_valid(folder, gguf):
         _convert_gguf(gguf, folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **dispatch)
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
@@ -232,29 +236,70 @@ def sentiment_spec(model, tokenizer, sign: int = 1):
 def load(
     name: str,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     local_files_only: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ):
-    """(model, tokenizer) on ``device``: an offline name (OFFLINE_MODELS), a hub id or a local folder.
+    """(model, tokenizer) on ``device`` (default cpu): an offline name (OFFLINE_MODELS), a hub id or a local folder.
 
     Hub ids and folders load with the ordinary ``from_pretrained`` and must have a ``model_type``
     that layout.py supports (else ValueError). A hub id that is neither cached nor reachable
     raises OSError naming the offline models.
+
+    ``device_map`` and ``offload_folder`` go to ``from_pretrained``, which has accelerate place
+    each module (``{"model.layers.12": "disk", ...}``, ``"auto"``, ...) instead of ``device``.
+    Weights mapped to "disk" stay on the meta device and are read at each call: from the
+    model's own safetensors file where there is one (SmolLM2's cache, a hub checkpoint), else
+    from copies written to ``offload_folder``. A random model has no file: its seeded weights
+    are saved to a new folder ``offload_folder/<name>-*`` (required) and loaded from there, so a map means
+    what it means for any checkpoint and the weights are bitwise those of ``random_model``.
     """
+    if device_map is None:
+        if offload_folder is not None:
+            raise ValueError(f"offload_folder={str(offload_folder)!r} needs a device_map that puts modules on 'disk'")
+        dispatch = {}
+    elif device is not None:
+        raise ValueError(f"device={device!r} and device_map are exclusive: the device_map places every module")
+    else:
+        dispatch = {"device_map": device_map, "offload_folder": offload_folder}
     if name == SMOLLM2:
-        model, tokenizer = smollm2(dtype)
+        model, tokenizer = smollm2(dtype, **dispatch)
     elif name in RANDOM_CONFIGS:
         model, tokenizer = random_model(name, dtype=dtype), gpt2_tokenizer()
+        if dispatch:
+            model = _dispatched_random(model, name, device_map, offload_folder)
     else:
-        model, tokenizer = pretrained(name, dtype, local_files_only)
-    return model.to(device), tokenizer
+        model, tokenizer = pretrained(name, dtype, local_files_only, **dispatch)
+    return (model if dispatch else model.to(device or "cpu")), tokenizer
 
 
-def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False):
+def _dispatched_random(model, name: str, device_map: str | dict[str, Any], offload_folder) -> torch.nn.Module:
+    """The random model saved to a new folder offload_folder/<name>-*, loaded back with the device_map."""
+    from transformers import AutoModelForCausalLM
+
+    if offload_folder is None:
+        raise ValueError(
+            f"offload_folder=None: random model {name!r} has no checkpoint file, so with a device_map its "
+            "weights are saved under offload_folder and dispatched from there; pass a folder"
+        )
+    # A new folder each call: a file another dispatched model still reads is never overwritten.
+    Path(offload_folder).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=offload_folder))
+    model.save_pretrained(folder)
+    dispatched = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=model.dtype, device_map=device_map, offload_folder=offload_folder
+    )
+    dispatched.config.name_or_path = name  # as random_model names it
+    return dispatched.eval()
+
+
+def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False, **dispatch: Any):
     """(model, tokenizer) of a hub id or a saved folder whose model type layout.py supports.
 
     The hub is asked once, quickly, whether it answers; if not, only the local cache is used,
     so an offline machine gets an error at once instead of after huggingface_hub's retries.
+    ``dispatch`` (device_map, offload_folder) goes to ``from_pretrained``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -289,7 +334,7 @@ def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: 
             f"model {name!r} has no tokenizer that loads; a folder needs one saved beside the model "
             "(tokenizer.save_pretrained)"
         ) from err
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline, **dispatch)
     return model.eval(), tokenizer
 
 

@@ -65,9 +65,26 @@ def nnsight_from_hf(model: torch.nn.Module, tokenizer: Any, copy_model: bool = T
 
     With ``copy_model=False`` the HF model itself is instrumented (saves memory); the tokenizer
     is always copied, since nnsight changes its padding.
+
+    A model dispatched by accelerate (device_map) works if its first parameter (the
+    embeddings) is not offloaded and its device map does not start with "disk": nnsight moves
+    every input to the first parameter's device, and transformers' pipeline, which nnsight
+    builds on, takes the model's device from the map's first entry. Otherwise ValueError.
     """
     from nnsight import TransformersModel
 
+    name, param = next(iter(model.named_parameters()))
+    if param.device.type == "meta":
+        raise ValueError(
+            f"{name} is offloaded (on the meta device); nnsight moves every input to the device of the "
+            "model's first parameter, so keep the module that holds it on a device in the device_map"
+        )
+    first = next(iter((getattr(model, "hf_device_map", None) or {}).items()), None)
+    if first is not None and first[1] == "disk":
+        raise ValueError(
+            f"model.hf_device_map starts with {first[0]!r}: 'disk'; transformers' pipeline, which nnsight builds "
+            "on, takes the model's device from the first entry; reorder it so that a device comes first"
+        )
     model = copy.deepcopy(model) if copy_model else model
     return TransformersModel(model, task="text-generation", tokenizer=copy.deepcopy(tokenizer))
 

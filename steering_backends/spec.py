@@ -81,7 +81,13 @@ class SteeringSpec:
         return self.vector.ndim == 2
 
     def apply(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T]."""
+        """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T].
+
+        The addition and the positions move to hidden's device: in a model dispatched over
+        several devices each block's activations live where that block runs, while the
+        positions were read at the decoder's input and the vector was built elsewhere.
+        """
+        positions = positions.to(hidden.device)  # a no-op when they are already there
         # Scaled in the wider of the two dtypes (an fp32 vector keeps its precision when
         # steering a bf16 model; a bf16 vector is not rounded again by coeff), then cast once.
         wide = torch.promote_types(self.vector.dtype, hidden.dtype)

@@ -43,8 +43,20 @@ def bridge_from_hf(model: torch.nn.Module, tokenizer: Any, copy_model: bool = Tr
 
     With ``copy_model=False`` the bridge takes over ``model`` itself (saves memory;
     ``model`` must not be used on its own afterwards).
+
+    A model dispatched by accelerate (device_map) works if its input embeddings are not
+    offloaded: the bridge puts inputs on the embeddings' device, and an offloaded one is on
+    the meta device (ValueError here). TransformerLens itself refuses a map that mixes a GPU
+    with "cpu" or "disk".
     """
     from transformer_lens.model_bridge import TransformerBridge
+
+    embeddings = next(model.get_input_embeddings().parameters())
+    if embeddings.device.type == "meta":
+        raise ValueError(
+            "the input embeddings are offloaded (on the meta device); the TransformerBridge puts every input "
+            "on the embeddings' device, so keep the embedding module on a device in the device_map"
+        )
 
     if tokenizer.bos_token is not None and not tokenizer.init_kwargs.get("name_or_path"):
         # Built in memory: TransformerLens would reload it from name_or_path with

@@ -64,6 +64,15 @@ def test_coeff_and_vector_scale_the_same_way():
     )
 
 
+@pytest.mark.parametrize("vector", [torch.ones(D), torch.ones(2, D)], ids=["1-D", "2-D"])
+def test_vector_and_positions_follow_the_activation_to_its_device(vector):
+    """A dispatched model runs blocks on several devices; positions are read at the decoder's
+    input. The meta device stands in for a second device on this CPU-only machine."""
+    hidden, positions = torch.zeros(1, 3, D, device="meta"), torch.tensor([[0, 1, 2]])  # positions on the CPU
+    out = SteeringSpec(0, "resid_pre", vector).apply(hidden, positions)
+    assert out.device.type == "meta" and out.shape == hidden.shape
+
+
 def test_vector_is_cast_to_the_activation_dtype():
     out = SteeringSpec(0, "resid_pre", torch.ones(D, dtype=torch.float64), 1.0).apply(
         torch.zeros(1, 1, D, dtype=torch.bfloat16), torch.tensor([[0]])
