@@ -5,6 +5,7 @@ blocks from the steered one on; and SmolLM2's real lens trains (or loads) within
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 
@@ -222,20 +223,22 @@ def test_plot_lens_draws_either_lens_but_not_both_at_once(tokenizer):
 
 
 def test_smollm2s_lens_trains_within_budget_and_beats_the_logit_lens():
-    """On a fresh machine this trains the lens (the issue's budget: 10 minutes on 2 CPU cores);
-    afterwards it loads it. Then, on the first 3 held-out documents (~300 tokens; the whole held-out
-    set is benchmarks/tuned_lens.py's), the tuned lens is closer to the model's output than the
-    logit lens at every block but the last, and at least 3x closer on average over the first half."""
+    """On a fresh machine this trains the lens, within the budget of 10 minutes on 2 CPU cores
+    (idle: another job on the cores slows it as much); afterwards it loads it. Then, on the first
+    3 held-out documents (~300 tokens; benchmarks/tuned_lens.py measures all of them), the tuned
+    lens is closer to the model's output than the logit lens at every block but the last, and at
+    least 3x closer on average over the first half."""
     model, tokenizer = load("smollm2-135m")
     folder = lens_folder(model)
     cached = lens_training._cache_is_valid(folder, lens_training._key(model, LensRecipe()))
     started = time.perf_counter()
     lens = load_tuned_lens(model, tokenizer)
     seconds = time.perf_counter() - started
-    trained = json.loads((folder / "manifest.json").read_text())["trained"]
-    assert trained["sampling_seconds"] + trained["training_seconds"] <= 600, trained
     if cached:
-        assert seconds < 15, f"loading a cached lens took {seconds:.1f} s"  # measured ~2 s
+        assert seconds < 15, f"loading the cached lens took {seconds:.1f} s"  # measured ~2 s
+    else:
+        busy = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        assert seconds <= 600, f"training took {seconds:.0f} s, budget 600 s (load average {busy})"
     held_out = json.loads((folder / "corpus.json").read_text())["held_out"][:3]
     steps = batches(held_out, 512, tokenizer.pad_token_id)
     logit, tuned = lens_kl(TunedLens(*dims(model)), model, steps), lens_kl(lens, model, steps)
