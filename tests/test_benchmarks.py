@@ -1,9 +1,12 @@
-"""The overhead benchmark runs end to end (tiny sizes; no timing is asserted here:
+"""The overhead and tuned-lens benchmarks run end to end (tiny sizes; no timing is asserted here:
 speed targets are checked by running the benchmark itself, see benchmarks/results/)."""
 
 from __future__ import annotations
 
+import re
+
 from benchmarks.overhead import main
+from benchmarks.tuned_lens import main as tuned_lens_main
 from steering_backends.models import random_model
 from steering_backends.parity import make_runners
 
@@ -19,4 +22,15 @@ def test_overhead_benchmark_writes_its_table_and_plot(tmp_path, tokenizer):
     assert "TransformerLens bridge itself" in table and "nnsight model itself" in table
     assert "| tiny-gpt2-random |" in table.split("16 sequential runs")[1]  # the padded-batch row
     png = (tmp_path / "overhead.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_tuned_lens_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERING_BACKENDS_CACHE", str(tmp_path / "cache"))  # trains a lens of its own
+    tuned_lens_main(["--model", "tiny-gpt2-random", "--documents", "2", "--out", str(tmp_path)])
+    table = (tmp_path / "tuned_lens.md").read_text()
+    assert re.search(r"lower than the logit lens at \d of the 3 blocks but the last", table)
+    assert "Lens size: 12,480 parameters (3 blocks x (d_model^2 + d_model))" in table
+    assert "| 2 | " in table and "| 3 | 0.000 | 0.000 | - | 0.000 | 0.000 | - |" in table
+    png = (tmp_path / "tuned_lens.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -227,7 +227,7 @@ def test_smollm2s_lens_trains_within_budget_and_beats_the_logit_lens():
     (idle: another job on the cores slows it as much); afterwards it loads it. Then, on the first
     3 held-out documents (~300 tokens; benchmarks/tuned_lens.py measures all of them), the tuned
     lens is closer to the model's output than the logit lens at every block but the last, and at
-    least 3x closer on average over the first half."""
+    least 3x closer on average over the first half (measured: 16.0 against 3.6 nats, 4.4x)."""
     model, tokenizer = load("smollm2-135m")
     folder = lens_folder(model)
     cached = lens_training._cache_is_valid(folder, lens_training._key(model, LensRecipe()))
@@ -235,7 +235,7 @@ def test_smollm2s_lens_trains_within_budget_and_beats_the_logit_lens():
     lens = load_tuned_lens(model, tokenizer)
     seconds = time.perf_counter() - started
     if cached:
-        assert seconds < 15, f"loading the cached lens took {seconds:.1f} s"  # measured ~2 s
+        assert seconds < 15, f"loading the cached lens took {seconds:.1f} s"  # measured 0.6-0.9 s, on a busy machine
     else:
         busy = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         assert seconds <= 600, f"training took {seconds:.0f} s, budget 600 s (load average {busy})"
