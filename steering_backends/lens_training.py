@@ -59,13 +59,18 @@ def lens_corpus(model, tokenizer, recipe: LensRecipe = LensRecipe()) -> dict[str
     continuation, or BOS + a sentence."""
     lens_prompts = json.loads((DATA / "lens_prompts.json").read_text())
     behaviour = json.loads((DATA / "behaviour_prompts.json").read_text())
-    pairs = load_pairs("sentiment") + load_pairs("formality")
+    pairs = [
+        pair for concept in ("sentiment", "formality") for pair in load_pairs(concept, DATA / "contrast_pairs.jsonl")
+    ]
     first = slice(recipe.documents)
     prompts = {
         "train": lens_prompts["train"][first] + behaviour["sweep"][first],
         "held_out": lens_prompts["held_out"][first] + behaviour["held_out"][first],
     }
-    sentences = {"train": [s for pair in pairs for s in pair][first], "held_out": load_reference_texts()[first]}
+    sentences = {
+        "train": [s for pair in pairs for s in pair][first],
+        "held_out": load_reference_texts(DATA / "reference.txt")[first],
+    }
     everything = prompts["train"] + prompts["held_out"]
     seeds = range(recipe.seed, recipe.seed + len(everything))  # one seed per prompt: any batch gives the same
     new = sample(
@@ -141,11 +146,13 @@ def _key(model, recipe: LensRecipe) -> dict[str, object]:
 
 
 def _cache_is_valid(folder: Path, key: dict[str, object]) -> bool:
-    """True only if the manifest exists, matches ``key`` and every file matches its checksum."""
+    """True only if the manifest exists, matches ``key`` and lists both files, each matching its checksum."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        return all(manifest[k] == v for k, v in key.items()) and all(
-            _sha256(folder / name) == digest for name, digest in manifest["sha256"].items()
+        return (
+            all(manifest[k] == v for k, v in key.items())
+            and manifest["sha256"].keys() == {"corpus.json", "lens.safetensors"}
+            and all(_sha256(folder / name) == digest for name, digest in manifest["sha256"].items())
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False

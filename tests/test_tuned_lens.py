@@ -150,11 +150,21 @@ def test_a_cached_lens_is_loaded_without_training(lens_cache, tokenizer):
         lambda folder, data: flip_a_byte(folder / "corpus.json"),
         lambda folder, data: (folder / "manifest.json").unlink(),  # training stopped before the manifest
         lambda folder, data: (folder / "manifest.json").write_text("{not json"),
+        lambda folder, data: (folder / "manifest.json").write_text(  # a manifest that vouches for no file
+            json.dumps({**json.loads((folder / "manifest.json").read_text()), "sha256": {}})
+        ),
         lambda folder, data: (data / "lens_prompts.json").write_text(
             (data / "lens_prompts.json").read_text().replace("Once upon a time", "Long ago")
         ),
     ],
-    ids=["flipped byte in the lens", "flipped byte in the corpus", "no manifest", "bad manifest", "data changed"],
+    ids=[
+        "flipped byte in the lens",
+        "flipped byte in the corpus",
+        "no manifest",
+        "bad manifest",
+        "no checksums",
+        "data changed",
+    ],
 )
 def test_a_damaged_or_stale_cache_is_trained_again(lens_cache, tokenizer, tmp_path, monkeypatch, damage):
     data = tmp_path / "data"
