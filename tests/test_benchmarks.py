@@ -1,10 +1,13 @@
-"""The overhead benchmark runs end to end (tiny sizes; no timing is asserted here:
+"""The overhead and tuned-lens benchmarks run end to end (tiny sizes; no timing is asserted here:
 speed targets are checked by running the benchmark itself, see benchmarks/results/)."""
 
 from __future__ import annotations
 
+import re
+
 from benchmarks import offload
 from benchmarks.overhead import main
+from benchmarks.tuned_lens import main as tuned_lens_main
 from steering_backends.models import random_model
 from steering_backends.parity import make_runners
 
@@ -29,3 +32,14 @@ def test_offload_benchmark_writes_its_table(tmp_path):
     assert "blocks 1-1 of 4 on disk" in table and "Load average (1, 5, 15 min) before the run" in table
     for what in (offload.DISPATCH, offload.NOISE, "pytorch_hooks", "bias_editing", "transformer_lens_hooks"):
         assert f"| {what} |" in table
+
+
+def test_tuned_lens_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERING_BACKENDS_CACHE", str(tmp_path / "cache"))  # trains a lens of its own
+    tuned_lens_main(["--model", "tiny-gpt2-random", "--documents", "2", "--out", str(tmp_path)])
+    table = (tmp_path / "tuned_lens.md").read_text()
+    assert re.search(r"lower than the logit lens at \d of the 3 blocks but the last", table)
+    assert "Lens size: 12,480 parameters (3 blocks x (d_model^2 + d_model))" in table
+    assert "| 2 | " in table and "| 3 | 0.000 | 0.000 | - | 0.000 | 0.000 | - |" in table
+    png = (tmp_path / "tuned_lens.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -35,7 +35,7 @@ SCREEN_LINES, SCREEN_WIDTH = 60, 120
 MIN_FIGURE_WIDTH = 300  # px; a saved plot narrower than this is too small to read
 
 # The plots each notebook teaches with (at least), and its comparison tables (compare(), the parity table).
-FIGURES = {"06_activation_additions": 1, "07_representation_engineering": 2, "08_lens": 2}
+FIGURES = {"06_activation_additions": 1, "07_representation_engineering": 2, "08_lens": 4}
 BACKEND_NOTEBOOKS = ["01_custom_wrapper", "02_pytorch_hooks", "03_baukit_tracedict", "04_transformer_lens"]
 BACKEND_NOTEBOOKS += ["05_bias_editing", "09_nnsight"]
 TABLES = {"00_overview": 1, "06_activation_additions": 2, "07_representation_engineering": 2}
