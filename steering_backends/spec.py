@@ -80,25 +80,33 @@ class SteeringSpec:
         """True for an [n, d_model] ActivationAddition-style vector."""
         return self.vector.ndim == 2
 
-    def apply(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def addition(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """coeff * vector, [d_model] or [n, d_model], in the activations' dtype and on their device.
+
+        Scaled in the wider of the two dtypes (an fp32 vector keeps its precision when steering a
+        bf16 model; a bf16 vector is not rounded again by coeff), then cast once. In a model
+        dispatched over several devices each block's activations live where that block runs.
+        """
+        wide = torch.promote_types(self.vector.dtype, dtype)
+        return (self.coeff * self.vector.to(wide)).to(dtype=dtype, device=device)
+
+    def apply(
+        self, hidden: torch.Tensor, positions: torch.Tensor, addition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T].
 
-        The addition and the positions move to hidden's device: in a model dispatched over
-        several devices each block's activations live where that block runs, while the
-        positions were read at the decoder's input and the vector was built elsewhere.
+        ``addition``: ``self.addition(hidden.dtype, hidden.device)``, when the caller has it already.
         """
-        positions = positions.to(hidden.device)  # a no-op when they are already there
-        # Scaled in the wider of the two dtypes (an fp32 vector keeps its precision when
-        # steering a bf16 model; a bf16 vector is not rounded again by coeff), then cast once.
-        wide = torch.promote_types(self.vector.dtype, hidden.dtype)
-        scaled = (self.coeff * self.vector.to(wide)).to(dtype=hidden.dtype, device=hidden.device)
+        if addition is None:
+            addition = self.addition(hidden.dtype, hidden.device)
+        positions = positions.to(hidden.device)  # read at the decoder's input; a no-op when already there
         if not self.per_position:
             steered = positions >= self.start  # [B, T]; padding has position -1
-            return torch.where(steered.unsqueeze(-1), hidden + scaled, hidden)
+            return hidden + addition * steered.unsqueeze(-1)  # adds exactly 0 where not steered
         row = positions - self.start  # [B, T]: which row of the vector lands here
-        steered = (row >= 0) & (row < scaled.shape[0])
-        rows = scaled[row.clamp(0, scaled.shape[0] - 1)]  # [B, T, D]
-        return torch.where(steered.unsqueeze(-1), hidden + rows, hidden)
+        steered = (row >= 0) & (row < addition.shape[0])
+        rows = addition[row.clamp(0, addition.shape[0] - 1)]  # [B, T, D]
+        return hidden + rows * steered.unsqueeze(-1)
 
 
 def token_positions(
@@ -173,18 +181,41 @@ class SteeringPlan:
                 )
             self.by_site.setdefault((spec.layer % n_layers, spec.site), []).append(spec)
         self.specs = specs
-        self.positions: torch.Tensor | None = None  # [B, T] of the call in flight
+        self._needs_length_check = any(spec.per_position for spec in specs)
+        # coeff * vector per (spec, dtype, device), made on first use: once per steer block, not
+        # once per forward. A vector that requires grad is scaled afresh each time instead, so each
+        # forward has its own graph back to it.
+        self._additions: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._call: tuple | None = None  # token_positions' arguments for the call in flight
+        self._positions: torch.Tensor | None = None  # [B, T], computed on first use
+        self.every_token_real = False  # no padding among the call's new tokens
+        self._real: torch.Tensor | None = None  # [B, T, 1] True at real tokens, when there is padding
 
     @property
     def sites(self) -> list[tuple[int, str]]:
         """(layer >= 0, site) pairs to intercept, in block then site order."""
         return sorted(self.by_site, key=lambda key: (key[0], SITES.index(key[1])))
 
+    @property
+    def positions(self) -> torch.Tensor:
+        """[B, T] position of each token of the call in flight (padding: -1)."""
+        if self._call is None:
+            raise RuntimeError("a steered site ran before the decoder call was recorded")
+        if self._positions is None:
+            self._positions = token_positions(*self._call)
+        return self._positions
+
     def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Read the positions of a decoder call; check prompt length for [n, d_model] vectors."""
+        """Read a decoder call (its positions are computed when first needed); check prompt
+        length for [n, d_model] vectors."""
         batch, n_new, mask, n_past, device = _call_inputs(args, kwargs)
-        self.positions = token_positions(n_new, batch, mask, n_past, device)
-        if n_past == 0:
+        self._call, self._positions = (n_new, batch, mask, n_past, device), None
+        # Reading one bool here (a sync on an accelerator, where the queue is nearly empty at
+        # the decoder's input) lets every [d_model] spec from position 0 skip the masked select.
+        new = None if mask is None else mask[:, -n_new:]
+        self.every_token_real = new is None or bool(new.all())
+        self._real = None if self.every_token_real else new.bool().unsqueeze(-1)  # [B, T, 1]
+        if n_past == 0 and self._needs_length_check:
             self._check_prompt_length(n_new if mask is None else mask.sum(-1))
 
     def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
@@ -197,12 +228,26 @@ class SteeringPlan:
                     f"at least {needed} tokens; the shortest prompt here has {shortest}"
                 )
 
+    def _addition(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
+        if spec.vector.requires_grad:
+            return spec.addition(hidden.dtype, hidden.device)
+        key = (id(spec), hidden.dtype, hidden.device)  # plan.specs keeps every spec, so ids stay unique
+        if key not in self._additions:
+            self._additions[key] = spec.addition(hidden.dtype, hidden.device)
+        return self._additions[key]
+
     def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] plus every spec at (layer, site), summed in the order given."""
-        if self.positions is None:
+        if self._call is None:
             raise RuntimeError("a steered site ran before the decoder call was recorded")
         for spec in self.by_site.get((layer, site), ()):
-            hidden = spec.apply(hidden, self.positions)
+            addition = self._addition(spec, hidden)
+            if spec.per_position or spec.start > 0:
+                hidden = spec.apply(hidden, self.positions, addition)
+            elif self.every_token_real:  # from position 0, with no padding: every token, as apply() would
+                hidden = hidden + addition
+            else:  # from position 0: exactly the real tokens, as apply() would, without counting positions
+                hidden = hidden + addition * self._real.to(hidden.device)
         return hidden
 
     def steer_output(self, layer: int, site: str, output: Any) -> Any:

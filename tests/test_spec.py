@@ -51,7 +51,7 @@ def test_specs_on_one_site_sum_in_order():
     plan = SteeringPlan(
         [SteeringSpec(1, "mlp_out", one_hot(0), 1.5), SteeringSpec(-1, "mlp_out", one_hot(0), 2.0)], 2, D
     )
-    plan.positions = torch.tensor([[0, 1]])
+    plan.record_call((torch.zeros(1, 2, dtype=torch.long),), {})  # one row, two real tokens
     out = plan.steer(1, "mlp_out", torch.ones(1, 2, D))
     assert out[0, :, 0].tolist() == [4.5, 4.5] and out[0, :, 1:].eq(1).all()
 
@@ -153,7 +153,7 @@ def test_a_prompt_shorter_than_the_rows_is_refused():
 
 def test_tuple_and_bare_tensor_outputs_are_both_steered():
     plan = SteeringPlan([SteeringSpec(0, "resid_post", torch.ones(D))], n_layers=1, d_model=D)
-    plan.positions = torch.tensor([[0, 1]])
+    plan.record_call((torch.zeros(1, 2, dtype=torch.long),), {})  # one row, two real tokens
     hidden, weights = torch.zeros(1, 2, D), torch.rand(1, 2, 2)
     steered, same_weights = plan.steer_output(0, "resid_post", (hidden, weights))  # transformers 4 blocks
     assert steered.eq(1).all() and same_weights is weights and hidden.eq(0).all()  # new tensor, input untouched
