@@ -12,13 +12,20 @@ separate row. The same for nnsight: A is a generate through nnsight with no edit
 also times a left-padded batch of 16 prompts against 16 sequential runs (and checks that
 both give the same tokens), and the whole parity suite on the GPT-2-XL shape (~7 GB of RAM).
 
-Writes benchmarks/results/overhead.md (with the machine and library versions) and
-overhead.png.
+Where steering-vectors and repeng are installed (an environment with transformers 4; see
+benchmarks/peers.py) they are timed the same way, in the same run, as rivals: the same
+model, prompt, vector and generation. TransformerLens 4 needs transformers 5, so its bridge is
+timed in the other environment's run.
+
+Writes benchmarks/results/NAME.md (with the machine and library versions) and NAME.png;
+NAME is "overhead" unless --name says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import os
 import platform
 import statistics
@@ -27,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.peers import PEERS, installed_peers, peer_steer
 from steering_backends import BACKENDS, SteeringSpec, backend
 from steering_backends.layout import dims
 from steering_backends.models import load
@@ -97,7 +105,10 @@ def steering_rows(
     specs = [_one_spec(model, tokenizer)]
     runners, _ = make_runners(model, tokenizer)
     hf = next(r for r in runners if r.name not in WRAPPERS)  # unsteered HF: the A/A and wrapper-vs-HF rows
+    # steering-vectors and repeng, where installed (they need transformers < 5), steer the same model.
+    runners += [Runner(peer, lambda: model, functools.partial(peer_steer, peer)) for peer in installed_peers()]
     runners = [r for r in runners if backends is None or r.name in backends]
+    runners.sort(key=lambda runner: runner.is_bridge)  # the bridge takes the model over: last
     rows = []
     for batch in batches:
         for length in prompt_lens:
@@ -170,7 +181,9 @@ def parity_suite_seconds() -> float:
 def environment() -> str:
     from importlib.metadata import version
 
-    versions = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "transformer-lens"))
+    names = ("torch", "transformers", "transformer-lens", "nnsight", *PEERS)
+    installed = [name for name in names if importlib.util.find_spec(name.replace("-", "_"))]
+    versions = ", ".join(f"{name} {version(name)}" for name in installed)
     cpu = platform.processor() or platform.machine()
     return f"{os.cpu_count()} CPU cores ({cpu}), {torch.get_num_threads()} torch threads; {versions}"
 
@@ -188,7 +201,7 @@ def markdown(rows, batch_rows, xl_seconds: float | None, n_new: int, repeats: in
     ]
     for r in rows:
         untargeted = r["what"] in WRAPPERS.values() or r["what"] == NOISE
-        target = "" if untargeted else f"≤ {TARGETS.get(r['what'], 1.03):.2f}"
+        target = "" if untargeted or r["what"] in PEERS else f"≤ {TARGETS.get(r['what'], 1.03):.2f}"
         ok = "" if not target else (" ✓" if r["ratio"] <= TARGETS.get(r["what"], 1.03) else " ✗")
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['prompt']} | {r['what']} | {r['unsteered_s']:.3f} | "
@@ -219,7 +232,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = sorted({(r["model"], r["batch"], r["prompt"]) for r in rows})
-    names = [n for n in BACKENDS if any(r["what"] == n for r in rows)]
+    names = [n for n in (*BACKENDS, *PEERS) if any(r["what"] == n for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
@@ -243,10 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-lens", nargs="+", type=int, default=[16, 512])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="default: every importable backend")
+    parser.add_argument(
+        "--backends", nargs="+", choices=(*BACKENDS, *PEERS), help="default: every importable backend and peer"
+    )
     parser.add_argument("--batch-repeats", type=int, default=3, help="pairs for the padded-batch comparison")
     parser.add_argument("--no-parity-xl", dest="parity_xl", action="store_false", help="skip timing the XL suite")
-    parser.add_argument("--out", type=Path, default=OUT, help="folder for overhead.md and overhead.png")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the table and the plot")
+    parser.add_argument("--name", default="overhead", help="file names: NAME.md and NAME.png")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     rows, batch_rows, xl_seconds = [], [], None
@@ -254,8 +270,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def write() -> None:  # after every model, so a long run leaves what it has measured
         table = markdown(rows, batch_rows, xl_seconds, args.new_tokens, args.repeats, args.batch_repeats)
-        (args.out / "overhead.md").write_text(table)
-        plot(rows, args.out / "overhead.png")
+        (args.out / f"{args.name}.md").write_text(table)
+        plot(rows, args.out / f"{args.name}.png")
 
     for name in args.models:
         rows += steering_rows(name, args.batches, args.prompt_lens, args.new_tokens, args.repeats, args.backends)
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.parity_xl:
         xl_seconds = parity_suite_seconds()
         write()
-    print((args.out / "overhead.md").read_text())
+    print((args.out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

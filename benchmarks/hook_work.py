@@ -1,0 +1,192 @@
+"""The work steering adds to one forward pass: our interception code against the peers'.
+
+    python -m benchmarks.hook_work                       # SmolLM2, needs steering-vectors and repeng
+    python -m benchmarks.hook_work --model tiny-llama-random --calls 200 --rounds 5
+
+On a CPU a token costs tens of milliseconds and this work is invisible; on a GPU a small
+model's token costs a few milliseconds and the Python run per forward is what is left. To see
+it alone, the model is run once to record what its decoder and the steered block receive and
+return; then both modules' own ``forward`` is replaced by a replay of that result, and each
+implementation's hooks or wrappers are timed around the replay: decoder call + block call, steered
+minus bare (the same two calls with nothing attached). Steering adds ``coeff * v`` to the output
+of one block (our ``resid_post``; steering-vectors' and repeng's "decoder block"), at every real
+token. Shapes: a 16-token prompt (prefill) and one decoding step after it, batch 1 and 8; in
+the batch of 8, seven rows are left-padded by 3 tokens (ours skip the padding there, the peers
+add to it too: they do a little less work for a different result).
+
+Writes benchmarks/results/hook_work.md. Peers that are not installed are left out, with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import platform
+import statistics
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from benchmarks.peers import PEERS, installed_peers, peer_steer
+from steering_backends import SteeringSpec, backend
+from steering_backends.layout import dims, get_module, layout_of, site_module_name
+from steering_backends.models import RANDOM_CONFIGS, load, random_model
+
+OUT = Path(__file__).resolve().parent / "results"
+OURS = ("pytorch_hooks", "custom_wrapper", "baukit_tracedict")
+
+
+def record_calls(model, ids: torch.Tensor, mask: torch.Tensor, decoder_name: str, block_name: str, cache=None):
+    """{name: (args, kwargs, output)} for the decoder and the block in one forward."""
+    seen, handles = {}, []
+    for name in (decoder_name, block_name):
+        module = get_module(model, name)
+
+        def pre(m, args, kwargs, name=name):
+            seen[name] = [args, kwargs]
+
+        def post(m, args, kwargs, output, name=name):
+            seen[name].append(output)
+
+        handles += [
+            module.register_forward_pre_hook(pre, with_kwargs=True),
+            module.register_forward_hook(post, with_kwargs=True),
+        ]
+    # position_ids as generate() passes them (repeng's padding mask reads them from the block's kwargs).
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+    try:
+        with torch.no_grad():
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out.past_key_values
+
+
+@contextlib.contextmanager
+def replayed(module: torch.nn.Module, output):
+    """``module`` returns ``output`` without computing anything (instance attribute over forward)."""
+    module.forward = lambda *args, **kwargs: output
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+def time_calls(model, names, calls, n: int) -> float:
+    """Seconds per decoder call + block call, whatever module now sits at each name."""
+    modules = [model.get_submodule(name) for name in names]
+    started = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(n):
+            for module, (args, kwargs, _) in zip(modules, calls, strict=True):
+                module(*args, **kwargs)
+    return (time.perf_counter() - started) / n
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--calls", type=int, default=2000, help="decoder + block calls per timing")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median is reported")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+
+    model = random_model(args.model) if args.model in RANDOM_CONFIGS else load(args.model)[0]
+    layout = layout_of(model)
+    n_layers, d_model = dims(model)
+    layer = n_layers // 3
+    decoder_name, block_name = layout.decoder, site_module_name(layout, layer, "resid_post")
+    vector = torch.randn(d_model)
+    spec = [SteeringSpec(layer=layer, site="resid_post", vector=vector, coeff=4.0)]
+
+    contenders = {name: (lambda m, name=name: backend(name).steer(m, spec)) for name in OURS}
+    missing = [peer for peer in PEERS if peer not in installed_peers()]
+    for peer in installed_peers():
+        contenders[peer] = lambda m, peer=peer: peer_steer(peer, m, spec)
+    if importlib.util.find_spec("baukit") is None:
+        del contenders["baukit_tracedict"]
+        missing.append("baukit_tracedict")
+
+    rows = []
+    for batch in (1, 8):
+        ids = torch.randint(100, 1000, (batch, 16))
+        mask = torch.ones_like(ids)
+        mask[1:, :3] = 0  # rows after the first are left-padded by 3
+        prefill, cache = record_calls(model, ids, mask, decoder_name, block_name)
+        step_ids = torch.randint(100, 1000, (batch, 1))
+        step, _ = record_calls(
+            model,
+            step_ids,
+            torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], 1),
+            decoder_name,
+            block_name,
+            cache,
+        )
+        for phase, recorded in (("prefill, 16 tokens", prefill), ("decoding step", step)):
+            names = (decoder_name, block_name)
+            calls = [recorded[name] for name in names]
+            per_contender = {name: [] for name in contenders}
+            with contextlib.ExitStack() as stack:
+                for name in names:
+                    stack.enter_context(replayed(get_module(model, name), recorded[name][2]))
+                for _ in range(args.rounds):  # interleaved: bare, then each contender, every round
+                    bare = time_calls(model, names, calls, args.calls)
+                    for name, steer in contenders.items():
+                        with steer(model):
+                            per_contender[name].append(time_calls(model, names, calls, args.calls) - bare)
+                bare_us = 1e6 * bare
+            for name, added in per_contender.items():
+                spread = sorted(1e6 * a for a in added)
+                rows.append(
+                    (
+                        batch,
+                        phase,
+                        name,
+                        statistics.median(spread),
+                        spread[len(spread) // 4],
+                        spread[3 * len(spread) // 4],
+                        bare_us,
+                    )
+                )
+
+    write(args, rows, missing, layer)
+
+
+def write(args, rows, missing, layer) -> None:
+    import transformers
+
+    versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    versions += [f"{peer} {version(peer)}" for peer in installed_peers()]
+    lines = [
+        f"# Work added per forward: {args.model}, steering the output of block {layer}",
+        "",
+        "Microseconds per forward pass that each implementation's interception adds (decoder call + "
+        "steered block call, with both modules' own computation replaced by a replay of their real "
+        f"result; steered minus bare). Median of {args.rounds} interleaved rounds of {args.calls} calls "
+        "(in brackets: the quartiles). `bare` is the two replayed calls with nothing attached.",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
+        f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; {'; '.join(versions)}.",
+        "",
+        "| batch | call | implementation | added µs per forward | quartiles | bare µs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for batch, phase, name, median, low, high, bare in rows:
+        lines.append(f"| {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} |")
+    if missing:
+        lines += ["", f"Not installed here, so not measured: {', '.join(missing)}."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "hook_work.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
