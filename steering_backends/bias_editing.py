@@ -65,6 +65,11 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
                 f"specs[{i}] is position-dependent (vector shape {tuple(spec.vector.shape)}, start={spec.start}); "
                 "bias editing supports only a [d_model] vector with start=0; use a hook backend"
             )
+        if spec.rows is not None:
+            raise ValueError(
+                f"specs[{i}].rows={spec.rows}: a bias is shared by every row of the batch, so bias editing "
+                "cannot steer some rows only; use a hook backend"
+            )
     additions: dict[str, torch.Tensor] = {}
     for (layer, site), site_specs in plan.by_site.items():
         name = _target(layout, layer, site)

@@ -200,13 +200,16 @@ def parity_cases(n_layers: int, d_model: int, seed: int = 0, scale: float = 1.0)
 
 
 def supports(runner: Runner, specs: list[SteeringSpec]) -> bool:
-    """Bias editing takes only position-independent specs, and resid_pre of block 0 only
-    where a position table can absorb it; the other backends take every spec."""
+    """Bias editing takes only position-independent specs on every row, and resid_pre of
+    block 0 only where a position table can absorb it; the other backends take every spec."""
     if runner.name != "bias_editing":
         return True
     has_position_table = layout_of(runner.model).pos_embed is not None
     return all(
-        not s.per_position and s.start == 0 and (has_position_table or (s.layer, s.site) != (0, "resid_pre"))
+        not s.per_position
+        and s.start == 0
+        and s.rows is None
+        and (has_position_table or (s.layer, s.site) != (0, "resid_pre"))
         for s in specs
     )
 

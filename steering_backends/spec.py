@@ -42,6 +42,10 @@ class SteeringSpec:
             [n, d_model] per-position activations, row i added at position start + i only.
     coeff:  scale.
     start:  first steered position; positions count from each row's first real token.
+    rows:   None (every row of the batch), or one bool per row of the batch given to the model
+            (True: steered), so one batch can mix steered and unsteered rows, or vectors.
+            generate(num_return_sequences=k) and num_beams=k repeat each row k times in a
+            row; row r's copies keep row r's flag.
     """
 
     layer: int
@@ -49,6 +53,7 @@ class SteeringSpec:
     vector: torch.Tensor
     coeff: float = 1.0
     start: int = 0
+    rows: Sequence[bool] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layer, int) or isinstance(self.layer, bool):
@@ -74,6 +79,14 @@ class SteeringSpec:
             raise ValueError(f"SteeringSpec.coeff={self.coeff!r} must be a finite real number")
         if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
             raise ValueError(f"SteeringSpec.start={self.start!r} must be an int >= 0")
+        if self.rows is not None:
+            rows = self.rows.tolist() if isinstance(self.rows, torch.Tensor) else self.rows
+            if not isinstance(rows, Sequence) or not rows or not all(isinstance(r, bool) for r in rows):
+                raise ValueError(
+                    f"SteeringSpec.rows={self.rows!r} must be None or a non-empty sequence of bools, one per "
+                    "batch row (True: steered); row indices are not accepted"
+                )
+            object.__setattr__(self, "rows", tuple(rows))  # frozen: an immutable copy of the caller's flags
 
     @property
     def per_position(self) -> bool:
@@ -90,23 +103,48 @@ class SteeringSpec:
         wide = torch.promote_types(self.vector.dtype, dtype)
         return (self.coeff * self.vector.to(wide)).to(dtype=dtype, device=device)
 
+    def row_mask(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """[batch, 1, 1] True at the batch rows this spec steers; None when it steers them all.
+
+        ``batch`` is len(rows), or k * len(rows) when generate() repeats each row k times.
+        """
+        if self.rows is None:
+            return None
+        if batch % len(self.rows):
+            raise ValueError(
+                f"SteeringSpec.rows has {len(self.rows)} flags, but the model was called with {batch} rows; "
+                f"allowed: {len(self.rows)} rows, or a multiple when generate() repeats each row "
+                "(num_return_sequences, num_beams)"
+            )
+        flags = torch.tensor(self.rows, device=device).repeat_interleave(batch // len(self.rows))
+        return flags[:, None, None]
+
     def apply(
-        self, hidden: torch.Tensor, positions: torch.Tensor, addition: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        addition: torch.Tensor | None = None,
+        row_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T].
 
-        ``addition``: ``self.addition(hidden.dtype, hidden.device)``, when the caller has it already.
+        ``addition`` and ``row_mask``: ``self.addition(hidden.dtype, hidden.device)`` and
+        ``self.row_mask(B, hidden.device)``, when the caller has them already.
         """
         if addition is None:
             addition = self.addition(hidden.dtype, hidden.device)
+        if row_mask is None:
+            row_mask = self.row_mask(hidden.shape[0], hidden.device)
         positions = positions.to(hidden.device)  # read at the decoder's input; a no-op when already there
         if not self.per_position:
-            steered = positions >= self.start  # [B, T]; padding has position -1
-            return hidden + addition * steered.unsqueeze(-1)  # adds exactly 0 where not steered
-        row = positions - self.start  # [B, T]: which row of the vector lands here
-        steered = (row >= 0) & (row < addition.shape[0])
-        rows = addition[row.clamp(0, addition.shape[0] - 1)]  # [B, T, D]
-        return hidden + rows * steered.unsqueeze(-1)
+            steered = (positions >= self.start).unsqueeze(-1)  # [B, T, 1]; padding has position -1
+        else:
+            row = positions - self.start  # [B, T]: which row of the vector lands here
+            steered = ((row >= 0) & (row < addition.shape[0])).unsqueeze(-1)
+            addition = addition[row.clamp(0, addition.shape[0] - 1)]  # [B, T, D]
+        if row_mask is not None:
+            steered = steered & row_mask
+        return hidden + addition * steered  # adds exactly 0 where not steered
 
 
 def token_positions(
@@ -189,6 +227,7 @@ class SteeringPlan:
         self._call: tuple | None = None  # token_positions' arguments for the call in flight
         self._positions: torch.Tensor | None = None  # [B, T], computed on first use
         self.every_token_real = False  # no padding among the call's new tokens
+        self._row_masks: dict[int, torch.Tensor] = {}  # id(spec) -> [B, 1, 1], for specs with rows
         self._real: torch.Tensor | None = None  # [B, T, 1] True at real tokens, when there is padding
 
     @property
@@ -217,6 +256,16 @@ class SteeringPlan:
         self._real = None if self.every_token_real else new.bool().unsqueeze(-1)  # [B, T, 1]
         if n_past == 0 and self._needs_length_check:
             self._check_prompt_length(n_new if mask is None else mask.sum(-1))
+        self._row_masks = {}
+        for i, spec in enumerate(self.specs):  # checked here, before any block runs
+            if spec.rows is not None and batch % len(spec.rows):
+                raise ValueError(
+                    f"specs[{i}].rows has {len(spec.rows)} flags, but the model was called with {batch} rows; "
+                    f"allowed: {len(spec.rows)} rows, or a multiple when generate() repeats each row "
+                    "(num_return_sequences, num_beams)"
+                )
+            if spec.rows is not None:
+                self._row_masks[id(spec)] = spec.row_mask(batch, device)
 
     def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
         shortest = int(n_real.min()) if isinstance(n_real, torch.Tensor) else n_real
@@ -242,8 +291,9 @@ class SteeringPlan:
             raise RuntimeError("a steered site ran before the decoder call was recorded")
         for spec in self.by_site.get((layer, site), ()):
             addition = self._addition(spec, hidden)
-            if spec.per_position or spec.start > 0:
-                hidden = spec.apply(hidden, self.positions, addition)
+            if spec.per_position or spec.start > 0 or spec.rows is not None:
+                rows = self._row_masks.get(id(spec))
+                hidden = spec.apply(hidden, self.positions, addition, None if rows is None else rows.to(hidden.device))
             elif self.every_token_real:  # from position 0, with no padding: every token, as apply() would
                 hidden = hidden + addition
             else:  # from position 0: exactly the real tokens, as apply() would, without counting positions

@@ -1,13 +1,16 @@
 """Property-based parity: random specs, prompts and batch shapes, every backend.
 
 Hypothesis draws one to three specs (site, layer of either sign, 1-D or 2-D, start,
-coeff) and a left-padded batch of random token ids. Every backend must give the
-reference's logits (within RELATIVE_TOLERANCES of their scale) and, with the KV cache, the greedy tokens and
-step logits of no-cache decoding. Runs on the GPT-2 small shape; derandomized, so CI
-sees the same examples every run.
+coeff, all batch rows or some) and a left-padded batch of random token ids. Every backend
+must give the reference's logits (within RELATIVE_TOLERANCES of their scale) and, with the KV
+cache, the greedy tokens and step logits of no-cache decoding; with per-row specs, each row's
+logits must be those of the row run alone with the specs that steer it. Runs on the GPT-2
+small shape; derandomized, so CI sees the same examples every run.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -45,7 +48,8 @@ def runners():
 
 @st.composite
 def spec_lists(draw) -> list[tuple]:
-    """1-3 spec recipes (layer, site, rows or None, start, coeff, seed); vectors are built later."""
+    """1-3 spec recipes (layer, site, rows or None, start, coeff, seed, batch-row flags or None);
+    vectors are built later, flags cut to the batch's size."""
     recipes = []
     for _ in range(draw(st.integers(1, 3))):
         rows = draw(st.one_of(st.none(), st.integers(1, 3)))  # None: a 1-D vector
@@ -58,6 +62,7 @@ def spec_lists(draw) -> list[tuple]:
                 start,
                 draw(st.floats(-4, 4, allow_nan=False)),
                 draw(st.integers(0, 2**31 - 1)),
+                draw(st.one_of(st.none(), st.tuples(st.booleans(), st.booleans()))),
             )
         )
     return recipes
@@ -78,12 +83,12 @@ def batches(draw) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def build(recipes: list[tuple], scale: float) -> list[SteeringSpec]:
+def build(recipes: list[tuple], scale: float, batch: int) -> list[SteeringSpec]:
     specs = []
-    for layer, site, rows, start, coeff, seed in recipes:
+    for layer, site, rows, start, coeff, seed, flags in recipes:
         shape = (D_MODEL,) if rows is None else (rows, D_MODEL)
         vector = scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-        specs.append(SteeringSpec(layer, site, vector, coeff, start))
+        specs.append(SteeringSpec(layer, site, vector, coeff, start, None if flags is None else flags[:batch]))
     return specs
 
 
@@ -96,7 +101,7 @@ def build(recipes: list[tuple], scale: float) -> list[SteeringSpec]:
 @given(recipes=spec_lists(), batch=batches())
 def test_every_backend_agrees_with_the_reference_and_with_no_cache_decoding(runners, recipes, batch):
     runners, scale = runners
-    specs, (ids, mask) = build(recipes, scale), batch
+    (ids, mask), specs = batch, build(recipes, scale, len(batch[0]))
     reference = next(r for r in runners if r.name == REFERENCE)
     with reference.steer(reference.model, specs):  # greedy with no cache: the whole sequence every step
         tokens, token_mask, outputs = ids, mask, []
@@ -106,6 +111,14 @@ def test_every_backend_agrees_with_the_reference_and_with_no_cache_decoding(runn
             tokens, token_mask = torch.cat([tokens, next_id], 1), torch.cat([token_mask, torch.ones_like(next_id)], 1)
     ref_logits, ref_tokens = outputs[0], tokens
     ref_steps = torch.stack([out[:, -1] for out in outputs], 1)  # [B, N_NEW, vocab]
+    if any(spec.rows is not None for spec in specs):  # each row as if alone, with the specs that steer it
+        for row in range(len(ids)):
+            own = [replace(s, rows=None) for s in specs if s.rows is None or s.rows[row]]
+            real = mask[row].bool()
+            with reference.steer(reference.model, own):
+                alone = reference.logits(ids[row : row + 1, real], mask[row : row + 1, real])[0]
+            allowed = tolerance(RELATIVE_ROUNDING, alone[None])
+            assert (ref_logits[row, real] - alone).abs().max() <= allowed, f"row {row} differs alone: {recipes}"
     for runner in runners:
         if not supports(runner, specs):
             continue
