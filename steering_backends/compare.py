@@ -20,6 +20,7 @@ Every completion is scored by judges from judge.py: VADER sentiment of the compl
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import textwrap
@@ -310,6 +311,29 @@ def score(model, tokenizer, prompts: Sequence[str], new_ids: Sequence[Sequence[i
     ]
 
 
+# Backends that steer some rows of a batch only (SteeringSpec.rows): compare samples both
+# columns in one batch through them. Bias editing cannot (a bias is shared by every row); the
+# TransformerLens bridge samples one row at a time.
+ONE_BATCH = ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "nnsight_trace")
+
+
+def _sample_both_columns(model, tokenizer, steer, specs, prompts, seeds, draw, bos, batch_size: int = 64):
+    """(unsteered, steered) new ids: each chunk of prompts twice in one batch, the second copy steered."""
+    for i, spec in enumerate(specs):
+        if spec.rows is not None:
+            raise ValueError(f"specs[{i}].rows={spec.rows}: compare steers whole columns; leave rows as None")
+    unsteered, steered = [], []
+    half = batch_size // 2
+    for first in range(0, len(prompts), half):
+        chunk, chunk_seeds = list(prompts[first : first + half]), list(seeds[first : first + half])
+        flags = (False,) * len(chunk) + (True,) * len(chunk)
+        with steer(model, [dataclasses.replace(spec, rows=flags) for spec in specs]):
+            both = sample(model, tokenizer, chunk * 2, chunk_seeds * 2, **draw, bos=bos, batch_size=2 * len(chunk))
+        unsteered += both[: len(chunk)]
+        steered += both[len(chunk) :]
+    return unsteered, steered
+
+
 def compare(
     model,
     tokenizer,
@@ -331,7 +355,8 @@ def compare(
     ``model`` is what the backend steers: the HF model, for transformer_lens_hooks the
     bridge, for nnsight_trace the nnsight model. temperature=0 is greedy decoding. ``expect``:
     the direction the steering should move sentiment (+1 or -1), for the count of rows that
-    moved. Stops at EOS.
+    moved. Stops at EOS. Backends in ONE_BATCH sample both columns in one batch (per-row
+    steering); the others sample them one after the other.
     """
     _validate(n, temperature, top_p, frequency_penalty, max_new_tokens)
     steer = backend_module(backend).steer
@@ -341,10 +366,13 @@ def compare(
     )
     rows = [(prompt, seed + i) for prompt in prompts for i in range(n)]
     row_prompts, seeds = [p for p, _ in rows], [s for _, s in rows]
-    is_bridge = backend == "transformer_lens_hooks"
-    unsteered = sample(model, tokenizer, row_prompts, seeds, **draw, bos=bos, is_bridge=is_bridge)
-    with steer(model, specs):
-        steered = sample(model, tokenizer, row_prompts, seeds, **draw, bos=bos, is_bridge=is_bridge)
+    if backend in ONE_BATCH:
+        unsteered, steered = _sample_both_columns(model, tokenizer, steer, specs, row_prompts, seeds, draw, bos)
+    else:
+        is_bridge = backend == "transformer_lens_hooks"
+        unsteered = sample(model, tokenizer, row_prompts, seeds, **draw, bos=bos, is_bridge=is_bridge)
+        with steer(model, specs):
+            steered = sample(model, tokenizer, row_prompts, seeds, **draw, bos=bos, is_bridge=is_bridge)
     return Comparison(
         row_prompts,
         seeds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from benchmarks import offload
+from benchmarks import hook_work, offload, per_row
 from benchmarks.overhead import main
 from benchmarks.tuned_lens import main as tuned_lens_main
 from steering_backends.models import random_model
@@ -43,3 +43,20 @@ def test_tuned_lens_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch):
     assert "| 2 | " in table and "| 3 | 0.000 | 0.000 | - | 0.000 | 0.000 | - |" in table
     png = (tmp_path / "tuned_lens.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_hook_work_benchmark_writes_its_table(tmp_path):
+    hook_work.main(["--model", "tiny-llama-random", "--calls", "5", "--rounds", "1", "--out", str(tmp_path)])
+    table = (tmp_path / "hook_work.md").read_text()
+    for batch in (1, 8):
+        for call in ("prefill, 16 tokens", "decoding step"):
+            for name in ("pytorch_hooks", "custom_wrapper", "baukit_tracedict"):
+                assert f"| {batch} | {call} | {name} | " in table
+
+
+def test_per_row_benchmark_writes_its_table(tmp_path):
+    args = ["--model", "tiny-llama-random", "-n", "2", "--new-tokens", "3", "--repeats", "1"]
+    per_row.main([*args, "--out", str(tmp_path)])
+    table = (tmp_path / "per_row.md").read_text()
+    for what in ("sampling both columns", "compare(), scoring included"):
+        assert re.search(rf"\| {re.escape(what)} \| [\d.]+ \| [\d.]+ \| [\d.]+× \| 1/1 runs \|", table), table
