@@ -273,8 +273,12 @@ def save_specs(specs: Iterable[SteeringSpec], path: str | os.PathLike, *, model:
         SteeringPlan(specs, info["n_layers"], info["d_model"])  # raises, naming the spec, before writing
     tensors, entries = {}, []
     for i, spec in enumerate(specs):
+        dtype = str(spec.vector.dtype).removeprefix("torch.")
+        if dtype not in _DTYPES:
+            raise ValueError(f"specs[{i}].vector has dtype {dtype}; allowed: {', '.join(_DTYPES)}")
         name = f"specs.{i}.vector"
-        tensors[name] = spec.vector.detach().to("cpu").contiguous()
+        # A copy of its own: safetensors refuses tensors that share memory (one vector in two specs).
+        tensors[name] = spec.vector.detach().to("cpu", copy=True).contiguous()
         entries.append(
             {
                 "layer": spec.layer,
@@ -282,13 +286,10 @@ def save_specs(specs: Iterable[SteeringSpec], path: str | os.PathLike, *, model:
                 "coeff": spec.coeff,
                 "start": spec.start,
                 "tensor": name,
-                "dtype": str(spec.vector.dtype).removeprefix("torch."),
+                "dtype": dtype,
                 "shape": list(spec.vector.shape),
             }
         )
-    if any(entry["dtype"] not in _DTYPES for entry in entries):
-        bad = next(entry for entry in entries if entry["dtype"] not in _DTYPES)
-        raise ValueError(f"{bad['tensor']} has dtype {bad['dtype']}; allowed: {', '.join(_DTYPES)}")
     _write(path, {"format": SPECS_FORMAT, "version": SPECS_VERSION, "model": info, "specs": entries}, tensors)
 
 

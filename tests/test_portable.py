@@ -257,6 +257,17 @@ def test_spec_file_round_trip_is_exact(tmp_path):
     assert all(map(same_spec, specs, load_specs(tmp_path / "anon.safetensors")))
 
 
+def test_spec_file_takes_one_vector_in_several_specs(tmp_path):
+    rows = vec().repeat(2, 1)  # [2, 64]; the specs below share its memory
+    specs = [
+        SteeringSpec(1, "resid_pre", rows[0]),
+        SteeringSpec(2, "mlp_out", rows[0], 2.0),
+        SteeringSpec(3, "resid_pre", rows),
+    ]
+    save_specs(specs, tmp_path / "s.safetensors", model=None)
+    assert all(map(same_spec, specs, load_specs(tmp_path / "s.safetensors")))
+
+
 def test_spec_file_records_the_model_and_format(tmp_path):
     from safetensors import safe_open
 
