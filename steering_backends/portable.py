@@ -105,6 +105,8 @@ def _control_vector_block(i: int, spec: SteeringSpec, n_layers: int | None) -> i
         )
     if spec.start != 0:
         raise ValueError(f"{where} has start={spec.start}; llama.cpp adds a control vector at every position")
+    if spec.rows is not None:
+        raise ValueError(f"{where} has rows={spec.rows}; llama.cpp adds a control vector to every sequence")
     if spec.site not in ("resid_pre", "resid_post"):
         raise ValueError(
             f"{where}: llama.cpp adds a control vector only to a block's output; allowed sites: "
@@ -285,6 +287,7 @@ def save_specs(specs: Iterable[SteeringSpec], path: str | os.PathLike, *, model:
                 "site": spec.site,
                 "coeff": spec.coeff,
                 "start": spec.start,
+                "rows": None if spec.rows is None else list(spec.rows),
                 "tensor": name,
                 "dtype": dtype,
                 "shape": list(spec.vector.shape),
@@ -298,6 +301,7 @@ _ENTRY_TYPES = {
     "site": str,
     "coeff": (int, float),
     "start": int,
+    "rows": (list, type(None)),
     "tensor": str,
     "dtype": str,
     "shape": list,
@@ -371,7 +375,9 @@ def load_specs(path: str | os.PathLike, model: torch.nn.Module | None = None) ->
             raise ValueError(f"{path}: specs[{i}] says shape {entry['shape']}, the tensor is {list(tensor.shape)}")
         used.add(entry["tensor"])
         try:
-            specs.append(SteeringSpec(entry["layer"], entry["site"], tensor, entry["coeff"], entry["start"]))
+            specs.append(
+                SteeringSpec(entry["layer"], entry["site"], tensor, entry["coeff"], entry["start"], entry["rows"])
+            )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: specs[{i}]: {err}") from err
     if extra := sorted(tensors.keys() - used):

@@ -1,6 +1,6 @@
 """portable.py: llama.cpp control vectors (GGUF) and portable spec files (safetensors + JSON).
 
-The repeng tests run where repeng is installed (the transformers 4 env, /work/venv-t4) and
+The repeng tests run where repeng is installed (the transformers 4 leg of CI, .ci/transformers4) and
 skip elsewhere, saying so.
 """
 
@@ -34,7 +34,7 @@ try:
 
     REPENG_MISSING = None
 except ImportError as err:
-    REPENG_MISSING = f"repeng is not installed here ({err}); these run in the transformers 4 env (/work/venv-t4)"
+    REPENG_MISSING = f"repeng is not installed here ({err}); these run in the transformers 4 leg of CI (.ci/transformers4)"
 needs_repeng = pytest.mark.skipif(REPENG_MISSING is not None, reason=REPENG_MISSING or "")
 
 N_LAYERS = 4  # the tiny models' blocks (d_model 64)
@@ -43,7 +43,8 @@ N_LAYERS = 4  # the tiny models' blocks (d_model 64)
 def same_spec(a: SteeringSpec, b: SteeringSpec) -> bool:
     """Every field equal, the vector bitwise and in the same dtype, coeff of the same type."""
     return (
-        (a.layer, a.site, a.coeff, type(a.coeff), a.start) == (b.layer, b.site, b.coeff, type(b.coeff), b.start)
+        (a.layer, a.site, a.coeff, type(a.coeff), a.start, a.rows)
+        == (b.layer, b.site, b.coeff, type(b.coeff), b.start, b.rows)
         and a.vector.dtype == b.vector.dtype
         and torch.equal(a.vector, b.vector)
     )
@@ -143,6 +144,7 @@ def test_control_vector_layers_resolve_negative_indices_with_n_layers(tmp_path):
 CANNOT_EXPRESS = {
     "[n, d_model] vector": (SteeringSpec(2, "resid_post", torch.ones(3, 64)), "shape \\(3, 64\\)"),
     "start > 0": (SteeringSpec(2, "resid_post", torch.ones(64), start=1), "start=1"),
+    "some rows": (SteeringSpec(2, "resid_post", torch.ones(64), rows=(True, False)), "rows=\\(True, False\\)"),
     "attn_out": (SteeringSpec(2, "attn_out", torch.ones(64)), "site='attn_out'.*only to a block's output"),
     "mlp_out": (SteeringSpec(2, "mlp_out", torch.ones(64)), "site='mlp_out'.*only to a block's output"),
     "resid_pre of block 0": (SteeringSpec(0, "resid_pre", torch.ones(64)), "direction.-1"),
@@ -235,12 +237,12 @@ def test_load_control_vector_refuses_blocks_past_n_layers_and_broken_files(tmp_p
 
 
 def every_kind_of_spec() -> list[SteeringSpec]:
-    """Every site, 1-D and 2-D, start > 0, negative layer, int and float coeff, four dtypes."""
+    """Every site, 1-D and 2-D, start > 0, some rows, negative layer, int and float coeff, four dtypes."""
     return [
         SteeringSpec(0, "resid_pre", vec(1), 4.0),
         SteeringSpec(1, "attn_out", vec(2).double(), -0.1),
         SteeringSpec(2, "mlp_out", vec(3).bfloat16(), 3, start=2),
-        SteeringSpec(-1, "resid_post", vec(4).half(), 1e-3),
+        SteeringSpec(-1, "resid_post", vec(4).half(), 1e-3, rows=(False, True, True)),
         SteeringSpec(2, "resid_pre", torch.randn(3, 64, generator=torch.Generator().manual_seed(5)), 0.1 + 0.2),
     ]
 
@@ -285,6 +287,7 @@ def test_spec_file_records_the_model_and_format(tmp_path):
             "site": "mlp_out",
             "coeff": 2.0,
             "start": 1,
+            "rows": None,
             "tensor": "specs.0.vector",
             "dtype": "float32",
             "shape": [64],
@@ -380,7 +383,7 @@ def write_meta(path, change) -> None:
         "version": SPECS_VERSION,
         "model": None,
         "specs": [
-            {"layer": 1, "site": "resid_post", "coeff": 2.0, "start": 0}
+            {"layer": 1, "site": "resid_post", "coeff": 2.0, "start": 0, "rows": None}
             | {"tensor": "specs.0.vector", "dtype": "float32", "shape": [64]}
         ],
     }
@@ -407,6 +410,8 @@ BAD_META = {
     "layer is a string": (lambda meta, tensors: meta["specs"][0].update(layer="1"), "specs\\[0\\].layer='1'"),
     "bad site": (lambda meta, tensors: meta["specs"][0].update(site="hook_x"), "site='hook_x' is unknown"),
     "negative start": (lambda meta, tensors: meta["specs"][0].update(start=-1), "start=-1"),
+    "rows as indices": (lambda meta, tensors: meta["specs"][0].update(rows=[0, 2]), "rows=\\[0, 2\\]"),
+    "rows a string": (lambda meta, tensors: meta["specs"][0].update(rows="01"), "specs\\[0\\].rows='01'"),
     "missing tensor": (lambda meta, tensors: tensors.update({"other": tensors.pop("specs.0.vector")}), "not in"),
     "extra tensor": (lambda meta, tensors: tensors.update(other=torch.ones(2)), "tensors no spec uses: \\['other'\\]"),
     "dtype differs": (lambda meta, tensors: meta["specs"][0].update(dtype="float16"), "says dtype float16"),
