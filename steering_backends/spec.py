@@ -258,14 +258,11 @@ class SteeringPlan:
             self._check_prompt_length(n_new if mask is None else mask.sum(-1))
         self._row_masks = {}
         for i, spec in enumerate(self.specs):  # checked here, before any block runs
-            if spec.rows is not None and batch % len(spec.rows):
-                raise ValueError(
-                    f"specs[{i}].rows has {len(spec.rows)} flags, but the model was called with {batch} rows; "
-                    f"allowed: {len(spec.rows)} rows, or a multiple when generate() repeats each row "
-                    "(num_return_sequences, num_beams)"
-                )
             if spec.rows is not None:
-                self._row_masks[id(spec)] = spec.row_mask(batch, device)
+                try:
+                    self._row_masks[id(spec)] = spec.row_mask(batch, device)
+                except ValueError as err:
+                    raise ValueError(f"specs[{i}]: {err}") from None
 
     def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
         shortest = int(n_real.min()) if isinstance(n_real, torch.Tensor) else n_real
