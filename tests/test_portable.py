@@ -34,7 +34,7 @@ try:
 
     REPENG_MISSING = None
 except ImportError as err:
-    REPENG_MISSING = f"repeng is not installed here ({err}); these run in the transformers 4 leg of CI (.ci/transformers4)"
+    REPENG_MISSING = f"repeng is not installed here ({err}); CI's transformers 4 leg runs these (.ci/transformers4)"
 needs_repeng = pytest.mark.skipif(REPENG_MISSING is not None, reason=REPENG_MISSING or "")
 
 N_LAYERS = 4  # the tiny models' blocks (d_model 64)

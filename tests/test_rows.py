@@ -54,7 +54,8 @@ def test_a_batch_that_does_not_match_the_rows_is_refused_before_any_block_runs(r
     ids, mask = left_pad(tokenizer, PROMPTS)
     spec = SteeringSpec(1, "resid_pre", vec(1), rows=(True, False))  # 2 flags, 3 rows
     before = snapshot(runner.model)
-    with pytest.raises(ValueError, match=r"specs\[0\]: SteeringSpec.rows has 2 flags, but the model was called with 3 rows"):
+    refused = r"specs\[0\]: SteeringSpec.rows has 2 flags, but the model was called with 3 rows"
+    with pytest.raises(ValueError, match=refused):
         with runner.steer(runner.model, [spec]):
             runner.logits(ids, mask)
     assert_unchanged(before, runner.model)
