@@ -11,23 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering_backends import BACKENDS, backend
-from steering_backends.parity import Runner
+from steering_backends import BACKENDS
+from steering_backends.parity import Runner, unavailable
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
-def _import_error(name: str) -> str | None:
-    try:
-        backend(name)
-    except ImportError as err:
-        return f"{name} skipped: cannot import it ({err})"
-    return None
-
-
-# One pytest param per backend; baukit (not on PyPI) skips with the reason when missing.
+# One pytest param per backend; one whose library is missing (baukit is not on PyPI; TransformerLens 4
+# needs transformers 5) skips with the reason.
 BACKEND_PARAMS = [
-    pytest.param(name, marks=pytest.mark.skip(reason=error)) if (error := _import_error(name)) else name
+    pytest.param(name, marks=pytest.mark.skip(reason=f"{name} skipped: {why}")) if (why := unavailable(name)) else name
     for name in BACKENDS
 ]
 
