@@ -6,6 +6,7 @@ would find whichever of the two pytest imported first.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ import torch
 from steering_backends import BACKENDS
 from steering_backends.parity import Runner, unavailable
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+# Where result tables go: results/, or $STEERING_BACKENDS_RESULTS (the transformers 4 leg of CI
+# writes its own, so it does not overwrite the first leg's tables).
+RESULTS = Path(os.environ.get("STEERING_BACKENDS_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
 
 # One pytest param per backend; one whose library is missing (baukit is not on PyPI; TransformerLens 4
@@ -27,7 +30,7 @@ BACKEND_PARAMS = [
 
 def write_result(name: str, text: str) -> None:
     """Save a table under results/ so CI can print it after the run."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / name).write_text(text + "\n")
 
 
