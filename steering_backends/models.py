@@ -168,7 +168,9 @@ def smollm2(dtype: torch.dtype = torch.float32, **dispatch: Any):
         _convert_gguf(gguf, folder)
     # Not AutoTokenizer: transformers 5 saves the class name "TokenizersBackend", which 4 cannot
     # resolve. In 5, PreTrainedTokenizerFast *is* TokenizersBackend, the class AutoTokenizer picks.
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    # The inputs a Llama takes, named: transformers 4's PreTrainedTokenizerFast adds token_type_ids
+    # by default, which generate() refuses.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, model_input_names=["input_ids", "attention_mask"])
     model = _from_cache(folder, dtype, **dispatch)
     reference_model = model if dtype == torch.float32 and not dispatch else _from_cache(folder, torch.float32)
     _check_reference(reference_model, tokenizer, json.loads((folder / "manifest.json").read_text()), folder)
@@ -460,7 +462,7 @@ def _why_offline(local_files_only: bool) -> str:
 
     if local_files_only:
         return "local_files_only=True"
-    if constants.is_offline_mode():
+    if _offline_mode():
         return "the model hub is unreachable (HF_HUB_OFFLINE is set)"
     return f"the model hub is unreachable ({constants.ENDPOINT} did not answer)"
 
@@ -470,13 +472,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
-    if constants.is_offline_mode():
+    if _offline_mode():
         return False
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout)
     except Exception:  # any failure to connect: DNS, refused, timeout, proxy; the HTTP client's types vary
         return False
     return True
+
+
+def _offline_mode() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub reads it: is_offline_mode() from 1.0 on, the constant before."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
 
 
 def _first_line(err: BaseException) -> str:
