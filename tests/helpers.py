@@ -6,35 +6,31 @@ would find whichever of the two pytest imported first.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from steering_backends import BACKENDS, backend
-from steering_backends.parity import Runner
+from steering_backends import BACKENDS
+from steering_backends.parity import Runner, unavailable
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-
-def _import_error(name: str) -> str | None:
-    try:
-        backend(name)
-    except ImportError as err:
-        return f"{name} skipped: cannot import it ({err})"
-    return None
+# Where result tables go: results/, or $STEERING_BACKENDS_RESULTS (the transformers 4 leg of CI
+# writes its own, so it does not overwrite the first leg's tables).
+RESULTS = Path(os.environ.get("STEERING_BACKENDS_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
 
-# One pytest param per backend; baukit (not on PyPI) skips with the reason when missing.
+# One pytest param per backend; one whose library is missing (baukit is not on PyPI; TransformerLens 4
+# needs transformers 5) skips with the reason.
 BACKEND_PARAMS = [
-    pytest.param(name, marks=pytest.mark.skip(reason=error)) if (error := _import_error(name)) else name
+    pytest.param(name, marks=pytest.mark.skip(reason=f"{name} skipped: {why}")) if (why := unavailable(name)) else name
     for name in BACKENDS
 ]
 
 
 def write_result(name: str, text: str) -> None:
     """Save a table under results/ so CI can print it after the run."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / name).write_text(text + "\n")
 
 

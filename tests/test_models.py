@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import steering_backends.models as models
 from steering_backends.models import SMOLLM2, cache_dir, load, random_model, smollm2, smollm2_gguf
@@ -103,6 +104,41 @@ def test_a_damaged_cache_is_not_valid(smol, tmp_path, damage):
     assert models._cache_is_valid(folder, smollm2_gguf())
     damage(folder)
     assert not models._cache_is_valid(folder, smollm2_gguf())
+
+
+def test_a_manifest_without_reference_logits_is_not_valid(smol, tmp_path):
+    # Caches written before the reference check are converted again, not completed (models._cache_is_valid).
+    folder = tmp_path / SMOLLM2
+    shutil.copytree(cache_dir() / SMOLLM2, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["reference"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert not models._cache_is_valid(folder, smollm2_gguf())
+
+
+def _rope_theta_10000(folder, dtype, **dispatch):
+    """What transformers 4.57 made of a cache written by 5 before models._from_cache translated the
+    key: SmolLM2 with RoPE base 10000 instead of 100000, set here in whichever place this version reads."""
+    config = AutoConfig.from_pretrained(folder)
+    if "rope_theta" in vars(config):  # transformers 4
+        config.rope_theta = 10000.0
+    else:  # transformers 5
+        config.rope_parameters["rope_theta"] = 10000.0
+    return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **dispatch).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_model_that_loads_wrong_is_refused_naming_what_differs(smol, monkeypatch, dtype):
+    monkeypatch.setattr(models, "_from_cache", _rope_theta_10000)
+    with pytest.raises(ValueError, match=r"logits differ .* config differs: rope_theta=10000.0 \(recorded 100000.0\)"):
+        smollm2(dtype)  # bfloat16: checked through a float32 load of the same files
+
+
+def test_a_tokenizer_that_reads_the_prompt_differently_is_refused(smol, monkeypatch):
+    manifest = json.loads((cache_dir() / SMOLLM2 / "manifest.json").read_text())
+    manifest["reference"]["ids"] = manifest["reference"]["ids"][:-1]
+    with pytest.raises(ValueError, match=r"the tokenizer reads .* as \[1, .*\], the cache recorded"):
+        models._check_reference(smol[0], smol[1], manifest, cache_dir() / SMOLLM2)
 
 
 def test_a_corrupt_cache_is_rebuilt_not_used(smol, tmp_path, monkeypatch):

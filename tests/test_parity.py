@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from helpers import write_result
 from parity_suite import N_NEW, PROMPTS, generation_specs, greedy_no_cache, report, run_suite
 
@@ -71,9 +72,17 @@ def check_logit_parity(results) -> None:
     assert (results.table["resid_pre L0"]["bias_editing"] is None) == (results.model_type != "gpt2")
 
 
+# nnsight 0.8.1 on transformers 4 decodes a left-padded batch with frozen positions, unsteered too
+# (test_nnsight_generate_on_transformers_4_freezes_padded_positions): its cached greedy decoding
+# cannot match, whatever the steering does, so it is left out of that one check there.
+TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
+
+
 def check_generation(results) -> None:
     assert results.tokens.keys() == results.step_gap.keys() and "bias_editing" in results.tokens
     for name, tokens in results.tokens.items():
+        if name == "nnsight_trace" and TRANSFORMERS_4:
+            continue
         assert torch.equal(tokens, results.tokens_no_cache[name]), (
             f"{name}: cached greedy ids differ from no-cache greedy"
         )
@@ -130,3 +139,27 @@ def test_the_generation_check_catches_positions_that_restart_at_each_step(monkey
         _, steps = runner.generate(ids, mask, N_NEW)
     allowed = tolerance(RELATIVE_TOLERANCES["pytorch_hooks"] + RELATIVE_ROUNDING, no_cache_steps)
     assert (steps - no_cache_steps).abs().max() > allowed
+
+
+@pytest.mark.skipif(not TRANSFORMERS_4, reason="transformers 5 advances the positions nnsight supplies")
+def test_nnsight_generate_on_transformers_4_freezes_padded_positions(tiny, tokenizer):
+    """nnsight supplies mask-derived position_ids for a left-padded batch; transformers 4's generate
+    passes that tensor on unchanged, so every decoding step reuses the prompt's last position. No
+    steering is involved: the unsteered nnsight run already differs from the plain HF one."""
+    ids, mask = left_pad(tokenizer, PROMPTS)
+    seen = []
+    hf = Runner("pytorch_hooks", lambda: tiny, backend("pytorch_hooks").steer)
+    lm = backend("nnsight_trace").nnsight_from_hf(tiny, tokenizer)
+    decoder = lm._module.get_decoder() if hasattr(lm._module, "get_decoder") else lm._module.transformer
+    handle = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("position_ids")), with_kwargs=True)
+    try:
+        _, nnsight_steps = Runner("nnsight_trace", lambda: lm, None).generate(ids, mask, 3)
+    finally:
+        handle.remove()
+    _, hf_steps = hf.generate(ids, mask, 3)
+    assert torch.equal(seen[1], seen[2]) and torch.equal(seen[1][:, 0], seen[0][:, -1])  # frozen at the last
+    # Far beyond rounding: measured 0.67 (GPT-2, learned positions) and 4.4e-3 (Llama, rotary) of
+    # the tiny models' logit scale, where RELATIVE_ROUNDING allows 1e-4 of it.
+    gap = (nnsight_steps[:, 1:] - hf_steps[:, 1:]).abs().max().item()
+    print(f"nnsight vs HF, unsteered steps 2-3: {gap:.2g}, {gap / tolerance(1.0, hf_steps):.2g} of the logit scale")
+    assert gap > tolerance(RELATIVE_ROUNDING, hf_steps)
