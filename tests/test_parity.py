@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
-from helpers import write_result
+from helpers import TRANSFORMERS_4, write_result
 from parity_suite import N_NEW, PROMPTS, generation_specs, greedy_no_cache, report, run_suite
 
 import steering_backends.spec as spec_module
@@ -75,7 +74,6 @@ def check_logit_parity(results) -> None:
 # nnsight 0.8.1 on transformers 4 decodes a left-padded batch with frozen positions, unsteered too
 # (test_nnsight_generate_on_transformers_4_freezes_padded_positions): its cached greedy decoding
 # cannot match, whatever the steering does, so it is left out of that one check there.
-TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 
 
 def check_generation(results) -> None:
