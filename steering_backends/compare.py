@@ -44,6 +44,7 @@ __all__ = [
     "FrequencyPenalty",
     "SeededSampler",
     "Summary",
+    "TopP",
     "compare",
     "plot_magnitudes",
     "sample",
@@ -72,6 +73,31 @@ class FrequencyPenalty(LogitsProcessor):
             weights[:, : self.prompt_mask.shape[1]] = self.prompt_mask.to(scores.dtype)
         counts = torch.zeros_like(scores).scatter_add_(1, input_ids, weights)
         return scores - self.penalty * counts
+
+
+class TopP(LogitsProcessor):
+    """Nucleus filtering, as HF's TopPLogitsWarper: keep the most probable tokens while the mass
+    of those above them is below ``top_p`` (at least one), set the rest to -inf.
+
+    HF sorts the whole vocabulary of every row at every step (27 ms for 16 rows x 49,152 on 2 CPU
+    cores, more than SmolLM2's forward adds for those rows). The nucleus is a handful of tokens,
+    so the ``k`` most probable are enough whenever they hold ``top_p`` of the mass: every token
+    below them has at least that much above it. A row where they do not falls back to HF's sort.
+    """
+
+    def __init__(self, top_p: float, k: int = 256) -> None:
+        self.top_p, self.k = top_p, k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """scores [B, vocab] -> [B, vocab], -inf outside each row's nucleus."""
+        probs = scores.float().softmax(-1)
+        top, index = probs.topk(min(self.k, probs.shape[-1]), dim=-1)  # [B, k], most probable first
+        if bool((top.sum(-1) < self.top_p).any()):
+            return TopPLogitsWarper(self.top_p)(input_ids, scores)
+        keep = (top.cumsum(-1) - top) < self.top_p  # mass strictly above each token < top_p
+        keep[:, 0] = True
+        outside = torch.ones_like(scores, dtype=torch.bool).scatter_(1, index, ~keep)
+        return scores.masked_fill(outside, -math.inf)
 
 
 class SeededSampler(LogitsProcessor):
@@ -284,7 +310,7 @@ def sample(
         processors = []
         if temperature > 0:  # our own list fixes the order; generate's own warpers stay off
             processors = [TemperatureLogitsWarper(temperature), FrequencyPenalty(frequency_penalty, mask)]
-            processors += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+            processors += [TopP(top_p)] if top_p < 1 else []
             processors += [SeededSampler(chunk_seeds)]
         tokens = model.generate(
             ids,

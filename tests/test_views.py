@@ -181,3 +181,20 @@ def test_compare_command(capsys):
     out = capsys.readouterr().out
     assert "x-vector 'Love' - 'Hate', layer 2 resid_pre, coeff 8.0" in out
     assert out.count("I hate you because") == 4 and "| steered" in out and "mean sentiment (VADER)" in out
+
+
+def test_top_p_keeps_exactly_what_hfs_sorting_warper_keeps():
+    """compare's TopP looks only at the 256 most probable tokens (falling back to HF's full sort
+    when they hold less than top_p): the same tokens survive as with TopPLogitsWarper, on peaked and
+    flat distributions over a real vocabulary size (the flat ones take the fallback)."""
+    from transformers import TopPLogitsWarper
+
+    from steering_backends.compare import TopP
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.3, 1.0, 3.0, 10.0):
+        scores = scale * torch.randn(4, 49152, generator=generator)
+        for top_p in (0.05, 0.3, 0.9):
+            want = TopPLogitsWarper(top_p)(None, scores.clone())
+            got = TopP(top_p)(None, scores.clone())
+            assert torch.equal(got.isinf(), want.isinf()) and torch.equal(got[~got.isinf()], want[~want.isinf()])
