@@ -188,6 +188,10 @@ def _from_cache(folder: Path, dtype: torch.dtype, **dispatch: Any):
     return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **dispatch).eval()
 
 
+# Bumped when the conversion changes what it writes, so older caches are converted again.
+# 2: the tokenizer as transformers 5 builds it, also when transformers 4 converts.
+CACHE_FORMAT = 2
+
 # The reference check (manifest["reference"]): this prompt's ids, and at each of its positions
 # the logits of the REFERENCE_TOP tokens the GGUF model ranked highest when the cache was written.
 REFERENCE_PROMPT = "<|im_start|>user\nThe weather this weekend will be lovely, so we"
@@ -232,6 +236,7 @@ def _reference(model, tokenizer) -> dict[str, object]:
     return {
         "prompt": REFERENCE_PROMPT,
         "ids": ids,
+        "special_tokens": {"eos": tokenizer.eos_token, "pad": tokenizer.pad_token},
         "top_ids": top.tolist(),
         "top_logits": logits.gather(-1, top).tolist(),
         "config": _config_summary(model.config),
@@ -252,6 +257,10 @@ def _check_reference(model, tokenizer, manifest: dict, folder: Path) -> None:
     ids = tokenizer(ref["prompt"]).input_ids
     if ids != ref["ids"]:
         raise ValueError(f"{where}: the tokenizer reads {ref['prompt']!r} as {ids}, the cache recorded {ref['ids']}")
+    special = {"eos": tokenizer.eos_token, "pad": tokenizer.pad_token}
+    if special != ref["special_tokens"]:
+        recorded = ref["special_tokens"]
+        raise ValueError(f"{where}: the tokenizer's special tokens are {special}, the cache recorded {recorded}")
     device = model.get_input_embeddings().weight.device
     logits = model(torch.tensor([ids], device=device if device.type != "meta" else "cpu")).logits[0].float().cpu()
     top_ids, expected = torch.tensor(ref["top_ids"]), torch.tensor(ref["top_logits"])
@@ -290,6 +299,7 @@ def _cache_is_valid(folder: Path, gguf: Path) -> bool:
         manifest = json.loads((folder / "manifest.json").read_text())
         return (
             manifest["source"] == _source_id(gguf)
+            and manifest.get("format") == CACHE_FORMAT
             and isinstance(manifest["reference"], dict)
             and all(_sha256(folder / name) == digest for name, digest in manifest["sha256"].items())
         )
@@ -307,6 +317,13 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     print(f"{SMOLLM2}: converting {gguf.name} to float32 safetensors, once (~20 s)...", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers 4 builds the GGUF's tokenizer otherwise than 5: it prepends <|im_start|> to every
+    # encoding and names <|im_start|> as end of sequence, with no padding token. The cache holds it
+    # as 5 builds it, whichever version converts: nothing prepended; end of sequence and padding
+    # <|im_end|> (id 2, as in the model's generation config).
+    if getattr(tokenizer, "add_bos_token", False):
+        tokenizer.add_bos_token = False
+    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"
     model.eval()
     reference = _reference(model, tokenizer)  # of the GGUF model itself: what every later load must reproduce
     # transformers refuses save_pretrained on a model loaded from GGUF, so write the
@@ -323,7 +340,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     model.config.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     checksums = {path.name: _sha256(path) for path in sorted(partial.iterdir())}
-    manifest = {"source": _source_id(gguf), "sha256": checksums, "reference": reference}
+    manifest = {"source": _source_id(gguf), "format": CACHE_FORMAT, "sha256": checksums, "reference": reference}
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)

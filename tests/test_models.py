@@ -69,6 +69,26 @@ def test_smollm2_is_a_trained_llama_that_knows_things(smol):
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
+def test_smollm2s_tokenizer_is_the_same_whichever_transformers_converted_it(smol):
+    """transformers 4 builds the GGUF's tokenizer with <|im_start|> prepended to every encoding and
+    as end of sequence; the cache holds it as 5 builds it, in both legs of CI. SmolLM2's vocabulary:
+    " love" is 2606, <|im_start|> 1, "user" 4093, <|im_end|> 2 (the model's eos in its config)."""
+    _, tokenizer = smol
+    assert tokenizer.encode(" love") == [2606]  # nothing prepended
+    assert tokenizer("<|im_start|>user").input_ids == [1, 4093]  # <|im_start|> once, from the text
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
+    assert tokenizer.eos_token_id == 2 == smol[0].generation_config.eos_token_id
+
+
+def test_a_cache_of_an_older_format_is_not_valid(smol, tmp_path):
+    folder = tmp_path / SMOLLM2
+    shutil.copytree(cache_dir() / SMOLLM2, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format"] = models.CACHE_FORMAT - 1  # e.g. a tokenizer as transformers 4 built it
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert not models._cache_is_valid(folder, smollm2_gguf())
+
+
 def test_smollm2_loads_from_the_cache_without_converting_again(smol, monkeypatch):
     def convert(*args):
         raise AssertionError("a valid cache must not be converted again")
