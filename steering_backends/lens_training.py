@@ -120,7 +120,7 @@ def lens_folder(model) -> Path:
 
 def load_tuned_lens(model, tokenizer, recipe: LensRecipe = LensRecipe()) -> TunedLens:
     """The TunedLens of ``model`` (unsteered, as loaded), from the verified cache, else trained and cached."""
-    folder, key = lens_folder(model), _key(model, recipe)
+    folder, key = lens_folder(model), _key(model, tokenizer, recipe)
     if not _cache_is_valid(folder, key):
         _train(model, tokenizer, recipe, folder, key)
     from safetensors.torch import load_file
@@ -135,8 +135,18 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _key(model, recipe: LensRecipe) -> dict[str, object]:
-    """What a cached lens must have been trained from: these weights, data files and recipe."""
+# The corpus is token ids, so a tokenizer that encodes text otherwise (an added start token,
+# other special tokens) must not reuse a lens: the key holds how it encodes this probe.
+TOKENIZER_PROBE = "<|im_start|>user\nHello, world! It's 12:30. Ünïcödé"
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    behaviour = [tokenizer(TOKENIZER_PROBE).input_ids, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    return hashlib.sha256(json.dumps(behaviour).encode()).hexdigest()
+
+
+def _key(model, tokenizer, recipe: LensRecipe) -> dict[str, object]:
+    """What a cached lens must have been trained from: these weights, tokenizer, data files and recipe."""
     weights = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         weights.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
@@ -144,6 +154,7 @@ def _key(model, recipe: LensRecipe) -> dict[str, object]:
     return {
         "format": FORMAT,
         "model": weights.hexdigest(),
+        "tokenizer": _tokenizer_digest(tokenizer),
         "data": {name: _sha256(DATA / name) for name in DATA_FILES},
         "recipe": asdict(recipe),
     }

@@ -4,12 +4,14 @@ blocks from the steered one on; and SmolLM2's real lens trains (or loads) within
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
 import matplotlib
 import pytest
 import torch
+from tokenizers import processors
 
 import steering_backends.lens_training as lens_training
 from steering_backends import BACKENDS, SteeringSpec
@@ -188,6 +190,22 @@ def test_another_model_or_recipe_is_trained_again(lens_cache, tokenizer):
     assert lens_cache == [1, 1, 1]
 
 
+def test_a_tokenizer_that_encodes_otherwise_trains_again(lens_cache, tokenizer):
+    """The corpus is token ids: a tokenizer that prepends a token (as transformers 4 once built
+    SmolLM2's) must not reuse the lens trained with one that does not."""
+    model = random_model("tiny-llama-random")
+    load_tuned_lens(model, tokenizer, SMALL)
+    load_tuned_lens(model, tokenizer, SMALL)  # same tokenizer: loaded
+    assert lens_cache == [1]
+    prepending = copy.deepcopy(tokenizer)
+    prepending._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tokenizer.eos_token_id)]
+    )
+    assert prepending("Hi").input_ids == [tokenizer.eos_token_id, *tokenizer("Hi").input_ids]
+    load_tuned_lens(model, prepending, SMALL)
+    assert lens_cache == [1, 1]
+
+
 HF_BACKENDS = [name for name in BACKENDS if name not in ("transformer_lens_hooks", "nnsight_trace")]
 
 
@@ -240,7 +258,7 @@ def test_smollm2s_lens_trains_or_loads_and_beats_the_logit_lens():
     model, tokenizer = load("smollm2-135m")
     folder = lens_folder(model)
     lens = load_tuned_lens(model, tokenizer)
-    assert lens_training._cache_is_valid(folder, lens_training._key(model, LensRecipe()))
+    assert lens_training._cache_is_valid(folder, lens_training._key(model, tokenizer, LensRecipe()))
     held_out = json.loads((folder / "corpus.json").read_text())["held_out"][:3]
     steps = batches(held_out, 512, tokenizer.pad_token_id)
     logit, tuned = lens_kl(TunedLens(*dims(model)), model, steps), lens_kl(lens, model, steps)
