@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.overhead import _one_spec, environment, generate, paired
+from benchmarks.overhead import _one_spec, environment, generate, paired, steered_vs_unsteered
 from steering_backends.layout import dims, get_module, layout_of
 from steering_backends.models import SMOLLM2, load
 from steering_backends.parity import Runner, make_runners
@@ -69,15 +69,7 @@ def run(name: str, n_new: int, repeats: int, prompt_len: int, offload_folder: st
     row(NOISE, *paired(lambda: generate(hf, ids, mask, n_new), lambda: generate(hf, ids, mask, n_new), repeats))
     runners, skipped = make_runners(model, tokenizer, copy_for_bridge=False)  # no copies; the bridge runs last
     for runner in runners:
-
-        def unsteered(runner=runner):
-            return generate(runner, ids, mask, n_new)
-
-        def steered(runner=runner):
-            with runner.steer(runner.model, specs):
-                return generate(runner, ids, mask, n_new)
-
-        row(runner.name, *paired(unsteered, steered, repeats))
+        row(runner.name, *steered_vs_unsteered(runner, specs, ids, mask, n_new, repeats))
     setup = {
         "model": name,
         "disk": f"blocks {disk[0]}-{disk[-1]} of {dims(plain)[0]}",

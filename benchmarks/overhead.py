@@ -118,6 +118,19 @@ def steering_rows(
     return rows
 
 
+def steered_vs_unsteered(runner: Runner, specs: list[SteeringSpec], ids, mask, n_new: int, repeats: int):
+    """paired() of generation through ``runner`` unsteered (A) and steered by ``specs`` (B)."""
+
+    def unsteered():
+        return generate(runner, ids, mask, n_new)
+
+    def steered():
+        with runner.steer(runner.model, specs):
+            return generate(runner, ids, mask, n_new)
+
+    return paired(unsteered, steered, repeats)
+
+
 def _one_size(
     runners: list[Runner], hf: Runner, specs: list[SteeringSpec], ids: torch.Tensor, n_new: int, repeats: int
 ):
@@ -127,19 +140,12 @@ def _one_size(
     yield {"what": NOISE, "unsteered_s": a, "steered_s": b, "ratio": ratio}  # the machine's noise floor
     print("A/A", f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
     for runner in runners:
-
-        def unsteered(runner=runner):
-            return generate(runner, ids, mask, n_new)
-
-        def steered(runner=runner):
-            with runner.steer(runner.model, specs):
-                return generate(runner, ids, mask, n_new)
-
-        a, b, ratio = paired(unsteered, steered, repeats)
+        a, b, ratio = steered_vs_unsteered(runner, specs, ids, mask, n_new, repeats)
         yield {"what": runner.name, "unsteered_s": a, "steered_s": b, "ratio": ratio}
         print(runner.name, f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
         if runner.name in WRAPPERS:
-            a, b, ratio = paired(lambda: generate(hf, ids, mask, n_new), unsteered, repeats)
+            wrapper = functools.partial(generate, runner, ids, mask, n_new)  # unsteered, through the wrapper
+            a, b, ratio = paired(functools.partial(generate, hf, ids, mask, n_new), wrapper, repeats)
             yield {"what": WRAPPERS[runner.name], "unsteered_s": a, "steered_s": b, "ratio": ratio}
             print(WRAPPERS[runner.name], f"{a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
 

@@ -220,6 +220,7 @@ class SteeringPlan:
             self.by_site.setdefault((spec.layer % n_layers, spec.site), []).append(spec)
         self.specs = specs
         self._needs_length_check = any(spec.per_position for spec in specs)
+        self._row_specs = [(i, spec) for i, spec in enumerate(specs) if spec.rows is not None]
         # coeff * vector per (spec, dtype, device), made on first use: once per steer block, not
         # once per forward. A vector that requires grad is scaled afresh each time instead, so each
         # forward has its own graph back to it.
@@ -257,12 +258,11 @@ class SteeringPlan:
         if n_past == 0 and self._needs_length_check:
             self._check_prompt_length(n_new if mask is None else mask.sum(-1))
         self._row_masks = {}
-        for i, spec in enumerate(self.specs):  # checked here, before any block runs
-            if spec.rows is not None:
-                try:
-                    self._row_masks[id(spec)] = spec.row_mask(batch, device)
-                except ValueError as err:
-                    raise ValueError(f"specs[{i}]: {err}") from None
+        for i, spec in self._row_specs:  # checked here, before any block runs
+            try:
+                self._row_masks[id(spec)] = spec.row_mask(batch, device)
+            except ValueError as err:
+                raise ValueError(f"specs[{i}]: {err}") from None
 
     def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
         shortest = int(n_real.min()) if isinstance(n_real, torch.Tensor) else n_real

@@ -39,7 +39,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from helpers import write_result
+from helpers import TRANSFORMERS_4, write_result
 
 from steering_backends import SteeringSpec
 from steering_backends.layout import dims
@@ -57,7 +57,7 @@ from steering_backends.parity import (
     tolerance,
 )
 
-if int(transformers.__version__.split(".")[0]) >= 5:
+if not TRANSFORMERS_4:
     pytest.skip(
         f"steering-vectors 0.12.2 and repeng 0.4.0 need transformers < 5 (this environment has "
         f"{transformers.__version__}); they run in the transformers 4 leg, .ci/transformers4",
