@@ -14,7 +14,7 @@ benchmarks/results/behaviour_sweep.jsonl as they finish, so a stopped run resume
 
 Then it chooses, on the sweep prompts only, the positive setting with the largest mean Δ and
 the negative one with the most negative, among those whose perplexity ratio is at most 2,
-and reports both once on the held-out prompts (data/behaviour_prompts.json).
+and reports both once on the held-out prompts (steering_backends/data/behaviour_prompts.json).
 Writes behaviour_sweep.md, behaviour_sweep.png and behaviour_heldout.md under benchmarks/results/.
 """
 

@@ -4,7 +4,7 @@
 
 For blocks 9-21, both ways of reading a sentence (its last token, or the mean over its
 tokens), and both directions (mean difference, first principal component) from the 64
-sentiment pairs under data/: the shift of the sentiment margin of tests/test_behaviour.py
+sentiment pairs under steering_backends/data/: the shift of the sentiment margin of tests/test_behaviour.py
 (6 negative prompts; next-token log P(positive words) - log P(negative words)) at relative
 coefficients +-0.25, 0.5, 1 (|coeff * v| = that x the block's median token norm).
 Writes benchmarks/results/sentiment_sweep.md.

@@ -4,8 +4,8 @@
     corpus = json.loads((lens_folder(model) / "corpus.json").read_text())   # its text, both splits
 
 Training text (LensRecipe): documents that start with BOS. The model's own sampled continuation
-(temperature 1, no top-p: its own distribution) of every prompt in data/lens_prompts.json and
-data/behaviour_prompts.json, and the sentences of data/contrast_pairs.jsonl and data/reference.txt.
+(temperature 1, no top-p: its own distribution) of every prompt in steering_backends/data/lens_prompts.json and
+steering_backends/data/behaviour_prompts.json, and the sentences of contrast_pairs.jsonl and reference.txt there.
 Held out, never trained on: the continuations of both files' "held_out" prompts and the reference
 sentences. The targets are the model's own next-token distributions, so no labels are needed.
 

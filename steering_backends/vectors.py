@@ -16,7 +16,7 @@ Contents:
     mean_difference    their mean, as a spec
     principal_direction, pca, PCAFit   their first principal component (representation reading)
     residual_norm, scaled_to_residual  coefficients relative to the residual stream's size
-    load_pairs, load_reference_texts   the sentence sets under data/
+    load_pairs, load_reference_texts   the sentence sets under steering_backends/data/
     RECIPES, sentiment_direction, relative_spec   the four recipes on one scale, as swept
 
 BOS: every recipe prepends the tokenizer's BOS token by default (``bos=True``), as the
@@ -58,7 +58,7 @@ __all__ = [
     "x_vector",
 ]
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parent / "data"
 REDUCTIONS = ("last", "mean")
 
 
@@ -350,7 +350,7 @@ def sentiment_direction(model, tokenizer, recipe: str, layer: int, site: str = "
 
     contrast_pair: act("Love") - act("Hate") at the last token, [d_model].
     x_vector: the same prompts position by position, right-padded with the space token, [n, d_model].
-    mean_difference / pca: from the sentiment pairs under data/, each sentence's token mean, [d_model].
+    mean_difference / pca: from the sentiment pairs under steering_backends/data/, each sentence's token mean, [d_model].
     Give it a coefficient with relative_spec.
     """
     if recipe == "contrast_pair":
