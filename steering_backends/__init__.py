@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from .spec import SITES, SteeringPlan, SteeringSpec
+if TYPE_CHECKING:
+    from .spec import SITES, SteeringPlan, SteeringSpec
 
 __all__ = ["BACKENDS", "SITES", "SteeringPlan", "SteeringSpec", "backend"]
 
@@ -24,6 +26,7 @@ BACKENDS = (
     "bias_editing",
     "nnsight_trace",
 )
+_FROM_SPEC = ("SITES", "SteeringPlan", "SteeringSpec")
 
 
 def backend(name: str) -> ModuleType:
@@ -31,3 +34,11 @@ def backend(name: str) -> ModuleType:
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is unknown; allowed: {', '.join(BACKENDS)}")
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def __getattr__(name: str) -> Any:
+    # The spec's names load torch, so they are imported when first asked for: the command line's
+    # --help and option checks run before any of it.
+    if name in _FROM_SPEC:
+        return getattr(importlib.import_module(f"{__name__}.spec"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

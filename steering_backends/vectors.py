@@ -350,7 +350,7 @@ def sentiment_direction(model, tokenizer, recipe: str, layer: int, site: str = "
 
     contrast_pair: act("Love") - act("Hate") at the last token, [d_model].
     x_vector: the same prompts position by position, right-padded with the space token, [n, d_model].
-    mean_difference / pca: from the sentiment pairs under steering_backends/data/, each sentence's token mean, [d_model].
+    mean_difference / pca: from the sentiment pairs in steering_backends/data/, each sentence's token mean, [d_model].
     Give it a coefficient with relative_spec.
     """
     if recipe == "contrast_pair":

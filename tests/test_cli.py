@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from steering_backends import BACKENDS
 from steering_backends.__main__ import main
-from steering_backends.models import gpt2_tokenizer, random_model
+from steering_backends.models import RANDOM_CONFIGS, gpt2_tokenizer, random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,6 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 BAD_VALUES = [
     (["--model", "tiny-gpt2-random", "--layer", "99"], ["argument --layer: 99 is out of range", "allowed: -4 to 3"]),
-    (["--model", "tiny-gpt2-random"], ["argument --layer: 6 (the gpt2 default) is out of range", "allowed: -4 to 3"]),
     (["--coeff", "nan"], ["argument --coeff: 'nan' is not allowed", "allowed: a finite number"]),
     (["compare", "--coeff", "inf"], ["compare: error: argument --coeff: 'inf'", "allowed: a finite number"]),
     (["--site", "resid_mid"], ["argument --site", "resid_pre", "attn_out", "mlp_out", "resid_post"]),
@@ -116,7 +115,7 @@ def test_a_chosen_backend_that_cannot_be_imported_names_the_importable_ones(tmp_
 def test_a_spec_the_validation_refuses_is_one_line_too(monkeypatch, capsys):
     # A NaN vector cannot come from the options, so make one: SteeringSpec must refuse it.
     monkeypatch.setattr(
-        "steering_backends.__main__.contrast_vector", lambda *args, **kwargs: torch.full([64], torch.nan)
+        "steering_backends.vectors.contrast_vector", lambda *args, **kwargs: torch.full([64], torch.nan)
     )
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "tiny-gpt2-random", "--layer", "1"])
@@ -152,16 +151,16 @@ def test_main_job_end_to_end_in_bfloat16_on_cpu():
     result = run_cli(*args, "--max-new-tokens", "3")
     assert result.returncode == 0, result.stderr
     assert "model tiny-gpt2-random loaded in" in result.stdout and "(bfloat16 on cpu)" in result.stdout
-    assert "steering: Love - Hate, block 2 resid_pre, coeff 5" in result.stdout  # gpt2: the original coeff
+    assert "steered: block 2 resid_pre, coeff 5: act('<|endoftext|>Love')" in result.stdout  # gpt2: the original coeff
     assert result.stdout.count("seed 2: ") == 2 and "mean sentiment (VADER): unsteered" in result.stdout  # 3 samples
     rows = backend_rows(result.stdout)
     assert set(rows) == set(BACKENDS)  # every backend: a completion, or why it was skipped
     for name, row in rows.items():
-        assert row.startswith("'I hate you because") or row.startswith("skipped, cannot import it"), (name, row)
+        assert row.startswith("'Last week my sister") or row.startswith("skipped, cannot import it"), (name, row)
     header = next(line for line in result.stdout.splitlines() if line.startswith("| case |"))
     ran = [name for name, row in rows.items() if not row.startswith("skipped")]
     assert all(f" {name} " in header for name in ran)
-    effect, *diffs = parity_row(result.stdout, "Love - Hate")
+    effect, *diffs = parity_row(result.stdout, "steered")
     assert float(effect) > 0.1  # the steering did something, so the zeros below mean agreement
     assert diffs[ran.index("pytorch_hooks")] == "0"
 
@@ -179,7 +178,8 @@ def test_any_saved_folder_runs_and_a_type_without_defaults_takes_the_middle_bloc
 
     qwen2 = run_cli("--model", str(tmp_path / "tiny-qwen2-random"), *common)  # no --layer: 4 blocks -> 2
     assert qwen2.returncode == 0, qwen2.stderr
-    assert "steering: Love - Hate, block 2 resid_pre, coeff 1:" in qwen2.stdout  # no measured setting for qwen2
+    assert "warmer: Love - Hate, block 2 resid_pre, coeff +1 (" in qwen2.stdout  # no measured setting for qwen2
+    assert "colder: Love - Hate, block 2 resid_pre, coeff -1 (" in qwen2.stdout
     assert "(bfloat16 on cpu)" in qwen2.stdout
 
 
@@ -190,3 +190,84 @@ def test_full_parity_shows_its_progress_on_stderr():
     assert "14 parity cases: bias_editing" in result.stderr and "14 parity cases: pytorch_hooks" in result.stderr
     assert set(backend_rows(result.stdout)) == {"pytorch_hooks", "bias_editing"}
     assert parity_row(result.stdout, "attn_out mid")[1] == "0"  # the reference against itself
+
+
+def test_help_lists_both_commands_with_examples_and_the_defaults_per_model_type():
+    for command, other in (([], "compare"), (["compare"], "--colder")):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0, result.stderr
+        examples = result.stdout.split("examples:\n", 1)[1]
+        assert len([line for line in examples.splitlines() if line.strip().startswith("python -m")]) >= 3
+        assert other in result.stdout
+        # the defaults that apply, per model type: the measured setting, the contrast vector's
+        text = " ".join(result.stdout.split())  # argparse wraps the help text
+        assert "llama: warmer block 21 (+0.25 x norm), colder block 24 (-0.35 x norm)" in text
+        assert "gpt2 block 6 coeff 5" in text
+
+
+def test_parsing_and_help_import_neither_torch_nor_transformers():
+    # What makes --help answer at once: nothing heavy is imported before the options are parsed.
+    code = (
+        "import sys\nfrom steering_backends.__main__ import main, parse_compare_args\n"
+        "parse_compare_args(['--model', 'tiny-gpt2-random'])\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_layer_out_of_range_is_refused_before_any_weights_load(monkeypatch, capsys):
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were loaded before --layer was checked")
+
+    monkeypatch.setattr("steering_backends.models.load", no_load)
+    for argv in (
+        ["--model", "gpt2-xl-random", "--layer", "48"],
+        ["compare", "--model", "smollm2-135m", "--layer", "-31"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "is out of range for" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(RANDOM_CONFIGS) + ["smollm2-135m"])
+def test_every_offline_model_has_defaults_inside_its_range(name):
+    from steering_backends.__main__ import _steerings, parse_args, parse_compare_args
+    from steering_backends.settings import offline_shape
+
+    _, n_layers = offline_shape(name)
+    for steering in _steerings(parse_args(["--model", name]), (1, -1), x_vector=False):
+        assert 0 <= steering.layer < n_layers
+    (steering,) = _steerings(parse_compare_args(["--model", name, "--plus", "Love"]), (1,), x_vector=True)
+    assert 0 <= steering.layer < n_layers
+
+
+def test_compare_defaults_to_the_measured_setting_and_the_contrast_vector_is_one_option_away():
+    from steering_backends.__main__ import _steerings, parse_compare_args
+
+    (warmer,) = _steerings(parse_compare_args([]), (1,), x_vector=True)
+    assert (warmer.label, warmer.sign, warmer.layer) == ("warmer", 1, 21)  # settings.SENTIMENT, SmolLM2's
+    (colder,) = _steerings(parse_compare_args(["--colder"]), (-1,), x_vector=True)
+    assert (colder.label, colder.sign, colder.layer) == ("colder", -1, 24)
+    (contrast,) = _steerings(parse_compare_args(["--plus", "Love"]), (1,), x_vector=True)
+    assert (contrast.sign, contrast.plus, contrast.minus, contrast.layer, contrast.coeff) == (0, "Love", "Hate", 9, 5.0)
+
+
+def test_a_tiny_model_runs_with_no_options():
+    result = run_cli("--model", "tiny-llama-random")
+    assert result.returncode == 0, result.stderr
+    assert "warmer: Love - Hate, block 2 resid_pre, coeff +1" in result.stdout  # 4 blocks: the middle one
+    assert result.stdout.count("mean sentiment (VADER)") == 2  # warmer and colder, sampled
+
+
+def test_the_first_run_shows_steering_both_ways_on_smollm2(capsys):
+    # The main job as a newcomer runs it (only the reference backend, to keep the test short). On the
+    # demo prompt, 3 seeds, this measured Δ +0.79 warmer and -1.06 colder, every row moved; the bar is
+    # the |Δ| >= 0.4 a reader must see in each direction.
+    main(["--backend", "pytorch_hooks", "--max-new-tokens", "2"])
+    means = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mean sentiment (VADER)")]
+    deltas = [float(line.split("(Δ ")[1].split(")")[0]) for line in means]
+    assert len(deltas) == 2 and deltas[0] >= 0.4 and deltas[1] <= -0.4, means
