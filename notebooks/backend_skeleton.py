@@ -674,7 +674,7 @@ COMMENT_HF = (
     'you" rows turn sharply negative (+0.91 → −0.93, "the enemy that has come to destroy you"; +0.80 → −0.60, '
     "a threat); the school-day rows do not (+0.39 → +0.39, and +0.36 → +0.34, counted as moved by 0.02), though "
     'one loses its apostrophes ("nt bad", "didnt"), and the steered text is 1.57× as surprising. Four rows '
-    'illustrate; the held-out report (README, "Steering you can see") measures 64 per direction: 58 warmer, 59 '
+    'illustrate; the held-out report (docs/behaviour.md) measures 64 per direction: 58 warmer, 59 '
     "colder. The backends that let HF sample (01, 02, 03, 05, 09) show these same rows."
 )
 COMMENT_MD = {

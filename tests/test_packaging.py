@@ -53,5 +53,7 @@ def test_pip_install_then_the_main_job_runs_outside_the_repository(wheel, tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     where = run(python, "-c", "import steering_backends; print(steering_backends.__file__)", cwd=elsewhere, env=env)
     assert where.stdout.startswith(str(venv)), where.stdout  # the installed copy, not the checkout
-    result = run(python, "-m", "steering_backends", "--samples", "1", "--backend", "pytorch_hooks", cwd=elsewhere, env=env)
+    result = run(
+        python, "-m", "steering_backends", "--samples", "1", "--backend", "pytorch_hooks", cwd=elsewhere, env=env
+    )
     assert "mean sentiment (VADER)" in result.stdout and "pytorch_hooks: 'Last week my sister" in result.stdout

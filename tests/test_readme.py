@@ -34,7 +34,7 @@ def test_the_readme_is_a_guide_of_at_most_250_lines():
 
 def test_the_quickstart_runs_and_steers(capsys):
     code = quickstart_code()
-    assert "load(\"smollm2-135m\")" in code
+    assert 'load("smollm2-135m")' in code
     torch.manual_seed(0)
     namespace: dict = {}
     with torch.no_grad():

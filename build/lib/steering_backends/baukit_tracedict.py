@@ -1,0 +1,62 @@
+"""Steering with baukit's ``TraceDict(edit_output=...)``. Copy this file, spec.py and layout.py.
+
+    with steer(model, [SteeringSpec(layer=6, site="resid_pre", vector=v, coeff=5.0)]):
+        logits = model(input_ids, attention_mask=mask).logits
+
+baukit is not on PyPI; install it from GitHub pinned to a commit (see README).
+TraceDict edits module *outputs* only, so:
+    resid_post / attn_out / mlp_out   edit the output of the block / attention / MLP
+    resid_pre of block L > 0          edits the output of block L - 1 (the same tensor)
+    resid_pre of block 0              edits the output of the embedding module
+baukit's hooks see no keyword arguments, and HF passes attention_mask and
+past_key_values as keywords, so one plain PyTorch pre-hook on the decoder records
+token positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+from baukit import TraceDict
+
+from .layout import Layout, dims, get_module, layout_of, site_module_name
+from .spec import SteeringPlan, SteeringSpec
+
+__all__ = ["steer"]
+
+
+def _traced_module(layout: Layout, layer: int, site: str) -> str:
+    """Name of the module whose output carries (layer, site)."""
+    if site != "resid_pre":
+        return site_module_name(layout, layer, site)
+    return layout.embed_out if layer == 0 else site_module_name(layout, layer - 1, "resid_post")
+
+
+@contextlib.contextmanager
+def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
+    """Steer a HF causal LM inside the block; every hook is removed on exit, even on error."""
+    layout = layout_of(model)
+    plan = SteeringPlan(specs, *dims(model))
+    decoder = get_module(model, layout.decoder)
+    # Module name -> the (layer, site)s its output carries. plan.sites is in forward order, so
+    # resid_post of block L is added before resid_pre of block L + 1, as in every other backend.
+    edits: dict[str, list[tuple[int, str]]] = {}
+    for layer, site in plan.sites:
+        name = _traced_module(layout, layer, site)
+        get_module(model, name)  # TraceDict would leave earlier hooks behind on a bad name
+        edits.setdefault(name, []).append((layer, site))
+
+    def edit_output(output, layer: str):
+        for block, site in edits[layer]:  # baukit calls the module name "layer"
+            output = plan.steer_output(block, site, output)
+        return output
+
+    with contextlib.ExitStack() as stack:
+        handle = decoder.register_forward_pre_hook(
+            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+        )
+        stack.callback(handle.remove)
+        stack.enter_context(TraceDict(model, list(edits), retain_output=False, edit_output=edit_output))
+        yield model

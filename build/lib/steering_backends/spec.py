@@ -1,0 +1,305 @@
+"""The steering spec: where, what, how much and at which positions.
+
+Every backend in this package implements exactly the arithmetic written here;
+a backend only decides *where* to intercept the model. Copy this file together
+with one backend file.
+
+    spec = SteeringSpec(layer=6, site="resid_pre", vector=love - hate, coeff=5.0)
+    plan = SteeringPlan([spec], n_layers=48, d_model=1600)   # validates
+    # at the decoder's call:      plan.record_call(args, kwargs)
+    # at a site's activation:     hidden = plan.steer(layer, site, hidden)
+
+Contents:
+    SITES          the four intercept points, in the order a block computes them
+    SteeringSpec   one addition (frozen dataclass, validated on construction)
+    SteeringPlan   validated specs for one model, plus the positions of the call in flight
+    token_positions  padding- and cache-aware position of every token in a call
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "token_positions"]
+
+# TransformerLens's vocabulary: blocks.{layer}.hook_{site}.
+SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value
+class SteeringSpec:
+    """Add ``coeff * vector`` to the activations at one site of one block.
+
+    layer:  block index; negative counts from the end (-1 is the last block).
+    site:   "resid_pre" (block input), "resid_post" (block output),
+            "attn_out" / "mlp_out" (sublayer output, before it joins the stream).
+    vector: [d_model] one direction, added at every position >= start; or
+            [n, d_model] per-position activations, row i added at position start + i only.
+    coeff:  scale.
+    start:  first steered position; positions count from each row's first real token.
+    rows:   None (every row of the batch), or one bool per row of the batch given to the model
+            (True: steered), so one batch can mix steered and unsteered rows, or vectors.
+            generate(num_return_sequences=k) and num_beams=k repeat each row k times in a
+            row; row r's copies keep row r's flag.
+    """
+
+    layer: int
+    site: str
+    vector: torch.Tensor
+    coeff: float = 1.0
+    start: int = 0
+    rows: Sequence[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool):
+            raise TypeError(f"SteeringSpec.layer must be an int, got {self.layer!r}")
+        if self.site not in SITES:
+            raise ValueError(f"SteeringSpec.site={self.site!r} is unknown; allowed: {', '.join(SITES)}")
+        v = self.vector
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"SteeringSpec.vector must be a torch.Tensor, got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise TypeError(f"SteeringSpec.vector must be floating point, got dtype {v.dtype}")
+        if v.ndim not in (1, 2) or v.numel() == 0:
+            raise ValueError(
+                f"SteeringSpec.vector must be [d_model] or [n, d_model] and non-empty, got shape {tuple(v.shape)}"
+            )
+        if not bool(torch.isfinite(v).all()):
+            bad = (~torch.isfinite(v)).nonzero()[0].tolist()
+            raise ValueError(
+                f"SteeringSpec.vector[{', '.join(map(str, bad))}] is {v[tuple(bad)].item()}; "
+                "only finite values are allowed (no NaN or inf)"
+            )
+        if isinstance(self.coeff, bool) or not isinstance(self.coeff, (int, float)) or not math.isfinite(self.coeff):
+            raise ValueError(f"SteeringSpec.coeff={self.coeff!r} must be a finite real number")
+        if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
+            raise ValueError(f"SteeringSpec.start={self.start!r} must be an int >= 0")
+        if self.rows is not None:
+            rows = self.rows.tolist() if isinstance(self.rows, torch.Tensor) else self.rows
+            if not isinstance(rows, Sequence) or not rows or not all(isinstance(r, bool) for r in rows):
+                raise ValueError(
+                    f"SteeringSpec.rows={self.rows!r} must be None or a non-empty sequence of bools, one per "
+                    "batch row (True: steered); row indices are not accepted"
+                )
+            object.__setattr__(self, "rows", tuple(rows))  # frozen: an immutable copy of the caller's flags
+
+    @property
+    def per_position(self) -> bool:
+        """True for an [n, d_model] ActivationAddition-style vector."""
+        return self.vector.ndim == 2
+
+    def addition(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """coeff * vector, [d_model] or [n, d_model], in the activations' dtype and on their device.
+
+        Scaled in the wider of the two dtypes (an fp32 vector keeps its precision when steering a
+        bf16 model; a bf16 vector is not rounded again by coeff), then cast once. In a model
+        dispatched over several devices each block's activations live where that block runs.
+        """
+        wide = torch.promote_types(self.vector.dtype, dtype)
+        return (self.coeff * self.vector.to(wide)).to(dtype=dtype, device=device)
+
+    def row_mask(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """[batch, 1, 1] True at the batch rows this spec steers; None when it steers them all.
+
+        ``batch`` is len(rows), or k * len(rows) when generate() repeats each row k times.
+        """
+        if self.rows is None:
+            return None
+        if batch % len(self.rows):
+            raise ValueError(
+                f"SteeringSpec.rows has {len(self.rows)} flags, but the model was called with {batch} rows; "
+                f"allowed: {len(self.rows)} rows, or a multiple when generate() repeats each row "
+                "(num_return_sequences, num_beams)"
+            )
+        flags = torch.tensor(self.rows, device=device).repeat_interleave(batch // len(self.rows))
+        return flags[:, None, None]
+
+    def apply(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        addition: torch.Tensor | None = None,
+        row_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T].
+
+        ``addition`` and ``row_mask``: ``self.addition(hidden.dtype, hidden.device)`` and
+        ``self.row_mask(B, hidden.device)``, when the caller has them already.
+        """
+        if addition is None:
+            addition = self.addition(hidden.dtype, hidden.device)
+        if row_mask is None:
+            row_mask = self.row_mask(hidden.shape[0], hidden.device)
+        positions = positions.to(hidden.device)  # read at the decoder's input; a no-op when already there
+        if not self.per_position:
+            steered = (positions >= self.start).unsqueeze(-1)  # [B, T, 1]; padding has position -1
+        else:
+            row = positions - self.start  # [B, T]: which row of the vector lands here
+            steered = ((row >= 0) & (row < addition.shape[0])).unsqueeze(-1)
+            addition = addition[row.clamp(0, addition.shape[0] - 1)]  # [B, T, D]
+        if row_mask is not None:
+            steered = steered & row_mask
+        return hidden + addition * steered  # adds exactly 0 where not steered
+
+
+def token_positions(
+    n_new: int,
+    batch: int,
+    attention_mask: torch.Tensor | None = None,
+    n_past: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Position of each of the ``n_new`` tokens of a call, counted from its row's first real token.
+
+    attention_mask: [B, n_past + n_new] (1 = real token), as HF passes it, covering the
+    KV cache too, so positions stay right across decoding steps. Padding gets -1.
+    Without a mask every token is real and positions continue after ``n_past``.
+    Returns [B, n_new] int64.
+    """
+    if attention_mask is None:
+        return (torch.arange(n_new, device=device) + n_past).expand(batch, n_new)
+    real = attention_mask[:, -n_new:].bool()
+    counted = attention_mask.long().cumsum(-1)[:, -n_new:] - 1
+    return torch.where(real, counted, -1)
+
+
+def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.Tensor | None, int, torch.device]:
+    """(batch, n_new, attention_mask, n_past, device) from a HF decoder call (GPT2Model, LlamaModel...)."""
+    if len(args) > 1:
+        raise TypeError("steering needs the decoder's attention_mask and past_key_values as keyword arguments")
+    ids = args[0] if args else kwargs.get("input_ids")
+    tokens = ids if ids is not None else kwargs.get("inputs_embeds")
+    if tokens is None:
+        raise ValueError("the decoder call has neither input_ids nor inputs_embeds")
+    batch, n_new = tokens.shape[0], tokens.shape[1]
+    mask = kwargs.get("attention_mask")
+    if mask is not None:
+        if mask.ndim != 2:
+            raise ValueError(f"steering needs a 2-D attention_mask [batch, seq]; got shape {tuple(mask.shape)}")
+        return batch, n_new, mask, mask.shape[1] - n_new, tokens.device
+    cache = kwargs.get("past_key_values")
+    n_past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    return batch, n_new, None, n_past, tokens.device
+
+
+class SteeringPlan:
+    """Validated specs for one model, and the token positions of the forward call in flight.
+
+    Raises ValueError naming the spec and the allowed values before anything touches
+    the model. ``sites`` restricts the sites a backend can intercept.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[SteeringSpec],
+        n_layers: int,
+        d_model: int,
+        sites: Sequence[str] = SITES,
+    ) -> None:
+        specs = list(specs)
+        self.by_site: dict[tuple[int, str], list[SteeringSpec]] = {}
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, SteeringSpec):
+                raise TypeError(f"specs[{i}] must be a SteeringSpec, got {type(spec).__name__}")
+            if not -n_layers <= spec.layer < n_layers:
+                raise ValueError(
+                    f"specs[{i}].layer={spec.layer} is out of range; this model has {n_layers} blocks, "
+                    f"so layer must be in [{-n_layers}, {n_layers - 1}]"
+                )
+            if spec.site not in sites:
+                raise ValueError(f"specs[{i}].site={spec.site!r} is not supported here; allowed: {', '.join(sites)}")
+            if spec.vector.shape[-1] != d_model:
+                raise ValueError(
+                    f"specs[{i}].vector has width {spec.vector.shape[-1]}, but this model's d_model is {d_model}"
+                )
+            self.by_site.setdefault((spec.layer % n_layers, spec.site), []).append(spec)
+        self.specs = specs
+        self._needs_length_check = any(spec.per_position for spec in specs)
+        self._row_specs = [(i, spec) for i, spec in enumerate(specs) if spec.rows is not None]
+        # coeff * vector per (spec, dtype, device), made on first use: once per steer block, not
+        # once per forward. A vector that requires grad is scaled afresh each time instead, so each
+        # forward has its own graph back to it.
+        self._additions: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._call: tuple | None = None  # token_positions' arguments for the call in flight
+        self._positions: torch.Tensor | None = None  # [B, T], computed on first use
+        self.every_token_real = False  # no padding among the call's new tokens
+        self._row_masks: dict[int, torch.Tensor] = {}  # id(spec) -> [B, 1, 1], for specs with rows
+        self._real: torch.Tensor | None = None  # [B, T, 1] True at real tokens, when there is padding
+
+    @property
+    def sites(self) -> list[tuple[int, str]]:
+        """(layer >= 0, site) pairs to intercept, in block then site order."""
+        return sorted(self.by_site, key=lambda key: (key[0], SITES.index(key[1])))
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[B, T] position of each token of the call in flight (padding: -1)."""
+        if self._call is None:
+            raise RuntimeError("a steered site ran before the decoder call was recorded")
+        if self._positions is None:
+            self._positions = token_positions(*self._call)
+        return self._positions
+
+    def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Read a decoder call (its positions are computed when first needed); check prompt
+        length for [n, d_model] vectors."""
+        batch, n_new, mask, n_past, device = _call_inputs(args, kwargs)
+        self._call, self._positions = (n_new, batch, mask, n_past, device), None
+        # Reading one bool here (a sync on an accelerator, where the queue is nearly empty at
+        # the decoder's input) lets every [d_model] spec from position 0 skip the masked select.
+        new = None if mask is None else mask[:, -n_new:]
+        self.every_token_real = new is None or bool(new.all())
+        self._real = None if self.every_token_real else new.bool().unsqueeze(-1)  # [B, T, 1]
+        if n_past == 0 and self._needs_length_check:
+            self._check_prompt_length(n_new if mask is None else mask.sum(-1))
+        self._row_masks = {}
+        for i, spec in self._row_specs:  # checked here, before any block runs
+            try:
+                self._row_masks[id(spec)] = spec.row_mask(batch, device)
+            except ValueError as err:
+                raise ValueError(f"specs[{i}]: {err}") from None
+
+    def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
+        shortest = int(n_real.min()) if isinstance(n_real, torch.Tensor) else n_real
+        for i, spec in enumerate(self.specs):
+            needed = spec.start + spec.vector.shape[0]
+            if spec.per_position and shortest < needed:
+                raise ValueError(
+                    f"specs[{i}] adds {spec.vector.shape[0]} rows from position {spec.start}, so every prompt needs "
+                    f"at least {needed} tokens; the shortest prompt here has {shortest}"
+                )
+
+    def _addition(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
+        if spec.vector.requires_grad:
+            return spec.addition(hidden.dtype, hidden.device)
+        key = (id(spec), hidden.dtype, hidden.device)  # plan.specs keeps every spec, so ids stay unique
+        if key not in self._additions:
+            self._additions[key] = spec.addition(hidden.dtype, hidden.device)
+        return self._additions[key]
+
+    def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, D] plus every spec at (layer, site), summed in the order given."""
+        if self._call is None:
+            raise RuntimeError("a steered site ran before the decoder call was recorded")
+        for spec in self.by_site.get((layer, site), ()):
+            addition = self._addition(spec, hidden)
+            if spec.per_position or spec.start > 0 or spec.rows is not None:
+                rows = self._row_masks.get(id(spec))
+                hidden = spec.apply(hidden, self.positions, addition, None if rows is None else rows.to(hidden.device))
+            elif self.every_token_real:  # from position 0, with no padding: every token, as apply() would
+                hidden = hidden + addition
+            else:  # from position 0: exactly the real tokens, as apply() would, without counting positions
+                hidden = hidden + addition * self._real.to(hidden.device)
+        return hidden
+
+    def steer_output(self, layer: int, site: str, output: Any) -> Any:
+        """Like steer(), for a module output that is a tensor (transformers 5 blocks) or a
+        tuple whose first element is the hidden state (attention, transformers 4 blocks)."""
+        if isinstance(output, tuple):
+            return (self.steer(layer, site, output[0]), *output[1:])
+        return self.steer(layer, site, output)
