@@ -63,6 +63,8 @@ nitpick_ignore_regex = [
 html_theme = "furo"
 html_title = "steering_backends"
 html_static_path: list[str] = []
+# Without an icon of its own, a browser asks the server for /favicon.ico and logs the 404 as an error.
+html_favicon = "_static/favicon.svg"
 # Nothing is fetched from other sites: the pages work offline, and the browser test sees no failed request.
 html_theme_options = {"source_repository": "", "top_of_page_buttons": []}
 # The repository root is the source folder; the site opens at docs/index.html, and / forwards there.
