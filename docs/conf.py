@@ -13,6 +13,7 @@ and Sphinx renders those files as pages of the site. Only the files listed in
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,11 @@ html_extra_path = ["_extra"]  # relative to this folder
 # example or a table of sites; "Gotchas:" followed by indented "* " bullets. In reST an
 # indented block after a paragraph is a quotation, so the example would lose its line breaks.
 # This turns each indented block into a literal block (code), or, when it is a bullet list,
-# into a list, without changing a word of the file.
+# into a list, and a field table ("layer:  block index; ...") into a literal block, without
+# changing a word of the file.
+
+
+FIELD = re.compile(r"^[a-z_]\w*:\s+\S")  # "name:  what it is", the start of a field's description
 
 
 def _plain_text_to_rst(lines: list[str]) -> list[str]:
@@ -86,6 +91,16 @@ def _plain_text_to_rst(lines: list[str]) -> list[str]:
     while i < len(lines):
         line = lines[i]
         indented = line.startswith("    ")
+        if FIELD.match(line):
+            # "layer:  block index; ..." with hanging continuation lines: a table of fields, kept as typed.
+            block = []
+            while i < len(lines) and (FIELD.match(lines[i]) or lines[i].startswith("    ")):
+                block.append("    " + lines[i])
+                i += 1
+            if out and out[-1].strip():
+                out.append("")
+            out += [".. code-block:: text", "", *block, ""]
+            continue
         if not indented:
             out.append(line)
             i += 1
@@ -102,15 +117,12 @@ def _plain_text_to_rst(lines: list[str]) -> list[str]:
                 out.append("")
             out.extend(b[4:] for b in block)
         else:
+            # After "Hooks used:" and the like, a table in plain text; otherwise an example in Python.
+            last = next((text for text in reversed(out) if text.strip()), "")
+            language = "text" if last.rstrip().endswith(":") else "python"
             if out and out[-1].strip():
-                if out[-1].endswith(":") and not out[-1].endswith("::"):
-                    out[-1] += ":"  # "Hooks used:" -> "Hooks used::", which reST shows as "Hooks used:"
-                elif not out[-1].endswith("::"):
-                    out += ["", "::"]
-            else:
-                out.append("::")
-            out.append("")
-            out.extend(block)
+                out.append("")
+            out += [f".. code-block:: {language}", "", *block]
         out.append("")
     return out
 
