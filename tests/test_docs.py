@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,11 +46,9 @@ def _missing(what: str) -> None:
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
     """The site, built once with warnings as errors; the path of its HTML folder."""
-    try:
-        import myst_nb  # noqa: F401
-        import sphinx  # noqa: F401
-    except ImportError as err:
-        _missing(f"the documentation packages are not installed ({err}); pip install -r requirements.txt")
+    absent = [name for name in ("sphinx", "furo", "myst_nb") if importlib.util.find_spec(name) is None]
+    if absent:
+        _missing(f"the documentation packages {absent} are not installed; pip install -r requirements.txt")
     out = tmp_path_factory.mktemp("docs") / "html"
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "-c", "docs", ".", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
