@@ -55,7 +55,9 @@ def render_html(notebooks: list[Path], out: Path) -> list[Path]:
     return [out / f"{notebook.stem}.html" for notebook in notebooks]
 
 
-_TRAMPOLINE = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); os.execv(sys.argv[3], sys.argv[3:])"
+_TRAMPOLINE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); os.execv(sys.argv[3], sys.argv[3:])"
+)
 
 
 def _fd_above_9(fd: int) -> int:

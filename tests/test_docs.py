@@ -50,7 +50,8 @@ def site(tmp_path_factory) -> Path:
     if absent:
         _missing(f"the documentation packages {absent} are not installed; pip install -r requirements.txt")
     out = tmp_path_factory.mktemp("docs") / "html"
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "-c", "docs", ".", str(out)]
+    flags = ["-W", "--keep-going", "-n", "-q"]  # warnings are errors, every reference checked, quiet
+    command = [sys.executable, "-m", "sphinx", *flags, "-b", "html", "-c", "docs", ".", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"the site did not build cleanly:\n{done.stderr[-6000:]}"
     return out
@@ -160,4 +161,3 @@ def test_the_browser_check_catches_a_broken_image_and_a_script_error(browser, se
     assert any("undefined_function" in e for e in errors), errors
     assert any("missing.png" in e for e in errors), errors
     assert [image["width"] for image in shown["images"]] == [0]
-
