@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import os
 import select
@@ -54,6 +55,18 @@ def render_html(notebooks: list[Path], out: Path) -> list[Path]:
     return [out / f"{notebook.stem}.html" for notebook in notebooks]
 
 
+_TRAMPOLINE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
+def _fd_above_9(fd: int) -> int:
+    """A copy of ``fd`` numbered 10 or more; the original is closed."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
+
+
 class Browser:
     """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): no extra package.
 
@@ -63,11 +76,14 @@ class Browser:
     def __init__(self, executable: str, profile: str):
         to_browser_read, self._write = os.pipe()
         self._read, from_browser_write = os.pipe()
-
-        # Chromium reads commands on fd 3 and writes replies on fd 4; a shell puts the pipes there.
+        # Chromium reads commands on fd 3 and writes replies on fd 4. A small Python trampoline puts
+        # the pipes there and execs it: a shell's "3<&N" takes only one digit in dash, and under
+        # pytest's output capture the pipes get fds above 9. Numbered 10 or more first, neither end
+        # can be overwritten by the other's move to 3 or 4.
+        to_browser_read, from_browser_write = _fd_above_9(to_browser_read), _fd_above_9(from_browser_write)
         command = [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"]
         self.process = subprocess.Popen(
-            ["sh", "-c", f'exec "$@" 3<&{to_browser_read} 4>&{from_browser_write}', "sh", *command],
+            [sys.executable, "-c", _TRAMPOLINE, str(to_browser_read), str(from_browser_write), *command],
             pass_fds=(to_browser_read, from_browser_write),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # Chromium logs D-Bus complaints on a machine without one
