@@ -53,7 +53,11 @@ def test_pip_install_then_the_main_job_runs_outside_the_repository(wheel, tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     where = run(python, "-c", "import steering_backends; print(steering_backends.__file__)", cwd=elsewhere, env=env)
     assert where.stdout.startswith(str(venv)), where.stdout  # the installed copy, not the checkout
+    # The data files the main job's default steering reads (64 sentiment pairs, the reference text).
+    code = "from steering_backends import vectors as v; print(len(v.load_pairs()), len(v.load_reference_texts()) > 0)"
+    assert run(python, "-c", code, cwd=elsewhere, env=env).stdout.split() == ["64", "True"]
+    # The command runs from there; a tiny model keeps it short (SmolLM2's run: tests/test_cli.py).
     result = run(
-        python, "-m", "steering_backends", "--samples", "1", "--backend", "pytorch_hooks", cwd=elsewhere, env=env
+        python, "-m", "steering_backends", "--model", "tiny-llama-random", "--samples", "1", cwd=elsewhere, env=env
     )
-    assert "mean sentiment (VADER)" in result.stdout and "pytorch_hooks: 'Last week my sister" in result.stdout
+    assert result.stdout.count("mean sentiment (VADER)") == 2 and "pytorch_hooks: 'Last week my sister" in result.stdout
