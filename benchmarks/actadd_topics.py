@@ -68,6 +68,8 @@ TOPICS = {
 }
 PAPER_BLOCK, PAPER_COEFF = 12, 4.0  # GPT-2-XL's block 20 of 48 at this model's depth (30 blocks), coeff 4
 BLOCKS = (12, 6, 18, 24)  # the paper's relative depth first
+# The second topic is swept at the paper's depth and the next block only, to keep the run short.
+SWEEP_BLOCKS = {"weddings": BLOCKS, "dogs": (12, 18)}
 COEFFS = (1.0, 2.0, 4.0, 8.0, 16.0)  # multiply the x-vector itself, as the paper's coefficient does
 # A larger coefficient at a block is not run once the steered text is this much more surprising
 # to the unsteered model (perplexity ratio): it only breaks the language further.
@@ -172,7 +174,7 @@ def sweep(model, tokenizer, norms: dict[int, float]) -> None:
     done = {(r["topic"], r["block"], r["coeff"]) for r in load_rows() if r["kind"] == "sweep"}
     sampler = Sampler(model, tokenizer, topic_data()["sweep"], SEEDS_SWEEP)
     for topic in TOPICS:
-        for block in BLOCKS:
+        for block in SWEEP_BLOCKS[topic]:
             for coeff in COEFFS:
                 key = (topic, block, coeff)
                 if key in done:
@@ -363,14 +365,18 @@ def plot(rows: list[dict]) -> None:
             rate_ax.plot([r["block"] for r in picked], [r["rate"] for r in picked], "o-", color=colour, label=f"coeff {coeff:g}")
             ppl_ax.plot([r["block"] for r in picked], [r["ppl_ratio"] for r in picked], "o-", color=colour, label=f"coeff {coeff:g}")
         rate_ax.axhline(sweep_rows[0]["unsteered_rate"], color="black", ls="--", lw=1, label="unsteered")
-        rate_ax.set(xlabel="block (of 30)", ylabel=f"share of completions with a {topic} word", ylim=(-0.02, 1.02),
+        for r in (r for r in rows if r["kind"] == "held_out" and r["topic"] == topic and r["setting"] == "chosen"):
+            rate_ax.plot([r["block"]], [r["rate"]], "r*", ms=12, label=f"held-out, coeff {r['coeff']:g}")
+            rate_ax.plot([r["block"]], [r["unsteered_rate"]], "rx", ms=8, label="held-out, unsteered")
+        top = max(r["rate"] for r in rows if r.get("topic") == topic and "rate" in r)
+        rate_ax.set(xlabel="block (of 30)", ylabel=f"share of completions with a {topic} word", ylim=(-0.01, 1.4 * top),
                     title=f"{topic}: topic words, sweep prompts")
-        rate_ax.set_xticks(BLOCKS)
+        rate_ax.set_xticks(SWEEP_BLOCKS[topic])
         rate_ax.legend(fontsize=7)
         ppl_ax.axhline(MAX_PERPLEXITY_RATIO, color="grey", ls="--", lw=1, label="fluency guard")
         ppl_ax.set(xlabel="block (of 30)", ylabel="perplexity under unsteered model ÷ unsteered", yscale="log",
                    title=f"{topic}: fluency of the same completions")
-        ppl_ax.set_xticks(BLOCKS)
+        ppl_ax.set_xticks(SWEEP_BLOCKS[topic])
         ppl_ax.legend(fontsize=7)
         text_rows = [r for r in rows if r["kind"] == "texts" and r["topic"] == topic]
         block = choose(rows, topic)["block"] if any(r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO for r in sweep_rows) else PAPER_BLOCK
@@ -380,7 +386,7 @@ def plot(rows: list[dict]) -> None:
             text_ax.plot([0] + [r["coeff"] for r in picked], [1] + [r["steered_after"][group] / r["unsteered_after"][group] for r in picked],
                          style, label=f"{group} texts")
         text_ax.axhline(1, color="black", lw=0.5)
-        text_ax.set(xlabel="coeff", ylabel="text perplexity past the vector, steered ÷ unsteered", xscale="symlog",
+        text_ax.set(xlabel="coeff", ylabel="text perplexity past the vector, steered ÷ unsteered", xscale="symlog", yscale="log",
                     title=f"{topic} vector at block {block}: perplexity of texts")
         text_ax.legend(fontsize=7)
     fig.suptitle(f"ActivationAdditions topic steering on {MODEL} (Q4_1 GGUF weights)")
