@@ -178,16 +178,21 @@ def sweep(model, tokenizer, norms: dict[int, float]) -> None:
             for coeff in COEFFS:
                 key = (topic, block, coeff)
                 if key in done:
-                    row = next(r for r in load_rows() if r["kind"] == "sweep" and (r["topic"], r["block"], r["coeff"]) == key)
+                    row = next(
+                        r for r in load_rows() if r["kind"] == "sweep" and (r["topic"], r["block"], r["coeff"]) == key
+                    )
                 else:
                     started = time.perf_counter()
                     spec = topic_spec(model, tokenizer, topic, block, coeff)
-                    row = dict(kind="sweep", topic=topic, block=block, coeff=coeff, relative=relative_size(spec, norms[block]))
+                    row = dict(
+                        kind="sweep", topic=topic, block=block, coeff=coeff, relative=relative_size(spec, norms[block])
+                    )
                     row = _append(row | measure(sampler.compare([spec]), TOPICS[topic]["words"]))
                     print(
                         f"{topic:>8} block {block:>2} coeff {coeff:>4g} (x{row['relative']:.2f} norm): "
                         f"rate {row['rate']:.2f} (unsteered {row['unsteered_rate']:.2f}) count {row['mean_count']:.2f} "
-                        f"ppl x{row['ppl_ratio']:.2f} rep {row['repetition']:.3f} ({time.perf_counter() - started:.0f} s)",
+                        f"ppl x{row['ppl_ratio']:.2f} rep {row['repetition']:.3f} "
+                        f"({time.perf_counter() - started:.0f} s)",
                         flush=True,
                     )
                 if row["ppl_ratio"] > PRUNE_PERPLEXITY_RATIO:
@@ -196,7 +201,9 @@ def sweep(model, tokenizer, norms: dict[int, float]) -> None:
 
 def choose(rows: list[dict], topic: str) -> dict:
     """The sweep setting with the highest topic rate (then mean count) among fluent ones."""
-    fluent = [r for r in rows if r["kind"] == "sweep" and r["topic"] == topic and r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO]
+    fluent = [
+        r for r in rows if r["kind"] == "sweep" and r["topic"] == topic and r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO
+    ]
     return max(fluent, key=lambda r: (r["rate"], r["mean_count"], -r["ppl_ratio"]))
 
 
@@ -217,12 +224,19 @@ def held_out(model, tokenizer, rows: list[dict], norms: dict[int, float]) -> Non
             row |= dict(relative=relative_size(spec, norms[block]), **measure(comparison, TOPICS[topic]["words"]))
             # seed 0 of each prompt, for the report
             row["examples"] = [
-                dict(prompt=comparison.prompts[i], unsteered=comparison.unsteered[i].text, steered=comparison.steered[i].text)
+                dict(
+                    prompt=comparison.prompts[i],
+                    unsteered=comparison.unsteered[i].text,
+                    steered=comparison.steered[i].text,
+                )
                 for i in range(0, row["n"], SEEDS_HELD_OUT)
             ]
             _append(row)
-            print(f"held-out {topic} {label} block {block} coeff {coeff:g}: rate {row['rate']:.2f} "
-                  f"(unsteered {row['unsteered_rate']:.2f}) ppl x{row['ppl_ratio']:.2f}", flush=True)
+            print(
+                f"held-out {topic} {label} block {block} coeff {coeff:g}: rate {row['rate']:.2f} "
+                f"(unsteered {row['unsteered_rate']:.2f}) ppl x{row['ppl_ratio']:.2f}",
+                flush=True,
+            )
 
 
 def texts(model, tokenizer, rows: list[dict]) -> None:
@@ -256,7 +270,7 @@ def write_report(rows: list[dict]) -> None:
         f"# ActivationAdditions' topic experiment on {MODEL}",
         "",
         "SmolLM2-135M-Instruct from its Q4_1-quantized GGUF weights (dequantized to float32), 30 blocks. "
-        "The x-vector act(\"I talk about X constantly\") − act(\"I do not talk about X constantly\"), the shorter "
+        'The x-vector act("I talk about X constantly") − act("I do not talk about X constantly"), the shorter '
         "prompt right-padded with the space token, is added at `resid_pre` of one block, from the prompt's first "
         "position (BOS). coeff multiplies the x-vector itself, as in the paper; relative is the largest row of "
         "coeff × x-vector over the block's median token norm. Completions: 40 new tokens, temperature 1, frequency "
@@ -280,7 +294,8 @@ def write_report(rows: list[dict]) -> None:
             f"rate on the sweep prompts with ppl × ≤ {MAX_PERPLEXITY_RATIO:g}; paper: coeff {PAPER_COEFF:g} at block "
             f"{PAPER_BLOCK} (GPT-2-XL's 20/48 at this depth).",
             "",
-            "| setting | block | coeff | relative | rate (unsteered) | rate ÷ unsteered | count (unsteered) | ppl × | rep (unsteered) |",
+            "| setting | block | coeff | relative | rate (unsteered) | rate ÷ unsteered | count (unsteered) | ppl × "
+            "| rep (unsteered) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in picked:
@@ -298,8 +313,9 @@ def write_report(rows: list[dict]) -> None:
             "",
             f"## {topic}: the sweep",
             "",
-            f"{len(prompts['sweep'])} sweep prompts × {SEEDS_SWEEP} seeds. Unsteered: rate {picked[0]['unsteered_rate']:.3f}, "
-            f"count {picked[0]['unsteered_mean_count']:.3f}, rep {picked[0]['unsteered_repetition']:.3f}. A larger coeff "
+            f"{len(prompts['sweep'])} sweep prompts × {SEEDS_SWEEP} seeds. Unsteered: "
+            f"rate {picked[0]['unsteered_rate']:.3f}, count {picked[0]['unsteered_mean_count']:.3f}, "
+            f"rep {picked[0]['unsteered_repetition']:.3f}. A larger coeff "
             f"at a block is skipped once ppl × passes {PRUNE_PERPLEXITY_RATIO:g}.",
             "",
             "| block | coeff | relative | rate | count | ppl × | rep |",
@@ -338,7 +354,11 @@ def write_report(rows: list[dict]) -> None:
     for r in held:
         lines += ["", f"## {r['topic']}, {r['setting']} setting: seed 0 of each held-out prompt", ""]
         for e in r["examples"]:
-            lines += [f"- **{e['prompt']}**", f"  - unsteered: {e['unsteered'].strip()!r}", f"  - steered: {e['steered'].strip()!r}"]
+            lines += [
+                f"- **{e['prompt']}**",
+                f"  - unsteered: {e['unsteered'].strip()!r}",
+                f"  - steered: {e['steered'].strip()!r}",
+            ]
     (RESULTS / "actadd_topics.md").write_text("\n".join(lines) + "\n")
 
 
@@ -362,32 +382,61 @@ def plot(rows: list[dict]) -> None:
         for i, coeff in enumerate(COEFFS):
             picked = sorted((r for r in sweep_rows if r["coeff"] == coeff), key=lambda r: r["block"])
             colour = plt.cm.viridis(i / (len(COEFFS) - 1))
-            rate_ax.plot([r["block"] for r in picked], [r["rate"] for r in picked], "o-", color=colour, label=f"coeff {coeff:g}")
-            ppl_ax.plot([r["block"] for r in picked], [r["ppl_ratio"] for r in picked], "o-", color=colour, label=f"coeff {coeff:g}")
+            rate_ax.plot(
+                [r["block"] for r in picked], [r["rate"] for r in picked], "o-", color=colour, label=f"coeff {coeff:g}"
+            )
+            ppl_ax.plot(
+                [r["block"] for r in picked],
+                [r["ppl_ratio"] for r in picked],
+                "o-",
+                color=colour,
+                label=f"coeff {coeff:g}",
+            )
         rate_ax.axhline(sweep_rows[0]["unsteered_rate"], color="black", ls="--", lw=1, label="unsteered")
         for r in (r for r in rows if r["kind"] == "held_out" and r["topic"] == topic and r["setting"] == "chosen"):
             rate_ax.plot([r["block"]], [r["rate"]], "r*", ms=12, label=f"held-out, coeff {r['coeff']:g}")
             rate_ax.plot([r["block"]], [r["unsteered_rate"]], "rx", ms=8, label="held-out, unsteered")
         top = max(r["rate"] for r in rows if r.get("topic") == topic and "rate" in r)
-        rate_ax.set(xlabel="block (of 30)", ylabel=f"share of completions with a {topic} word", ylim=(-0.01, 1.4 * top),
-                    title=f"{topic}: topic words, sweep prompts")
+        rate_ax.set(
+            xlabel="block (of 30)",
+            ylabel=f"share of completions with a {topic} word",
+            ylim=(-0.01, 1.4 * top),
+            title=f"{topic}: topic words, sweep prompts",
+        )
         rate_ax.set_xticks(SWEEP_BLOCKS[topic])
         rate_ax.legend(fontsize=7)
         ppl_ax.axhline(MAX_PERPLEXITY_RATIO, color="grey", ls="--", lw=1, label="fluency guard")
-        ppl_ax.set(xlabel="block (of 30)", ylabel="perplexity under unsteered model ÷ unsteered", yscale="log",
-                   title=f"{topic}: fluency of the same completions")
+        ppl_ax.set(
+            xlabel="block (of 30)",
+            ylabel="perplexity under unsteered model ÷ unsteered",
+            yscale="log",
+            title=f"{topic}: fluency of the same completions",
+        )
         ppl_ax.set_xticks(SWEEP_BLOCKS[topic])
         ppl_ax.legend(fontsize=7)
         text_rows = [r for r in rows if r["kind"] == "texts" and r["topic"] == topic]
-        block = choose(rows, topic)["block"] if any(r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO for r in sweep_rows) else PAPER_BLOCK
+        block = (
+            choose(rows, topic)["block"]
+            if any(r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO for r in sweep_rows)
+            else PAPER_BLOCK
+        )
         picked = sorted((r for r in text_rows if r["block"] == block), key=lambda r: r["coeff"])
         for group in picked[0]["unsteered"] if picked else ():
             style = "o-" if group == topic else ("s--" if group == "unrelated" else "^:")
-            text_ax.plot([0] + [r["coeff"] for r in picked], [1] + [r["steered_after"][group] / r["unsteered_after"][group] for r in picked],
-                         style, label=f"{group} texts")
+            text_ax.plot(
+                [0] + [r["coeff"] for r in picked],
+                [1] + [r["steered_after"][group] / r["unsteered_after"][group] for r in picked],
+                style,
+                label=f"{group} texts",
+            )
         text_ax.axhline(1, color="black", lw=0.5)
-        text_ax.set(xlabel="coeff", ylabel="text perplexity past the vector, steered ÷ unsteered", xscale="symlog", yscale="log",
-                    title=f"{topic} vector at block {block}: perplexity of texts")
+        text_ax.set(
+            xlabel="coeff",
+            ylabel="text perplexity past the vector, steered ÷ unsteered",
+            xscale="symlog",
+            yscale="log",
+            title=f"{topic} vector at block {block}: perplexity of texts",
+        )
         text_ax.legend(fontsize=7)
     fig.suptitle(f"ActivationAdditions topic steering on {MODEL} (Q4_1 GGUF weights)")
     fig.tight_layout()

@@ -27,9 +27,9 @@ import sys
 from pathlib import Path
 
 import torch
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from steering_backends.compare import compare
-from steering_backends.judge import _vader
 from steering_backends.models import load
 from steering_backends.vectors import load_reference_texts, residual_norm, x_vector
 
@@ -51,7 +51,8 @@ def command(plus: str, minus: str, prompt: str, block: int, coeff: float) -> lis
 
 def negativity(texts: list[str]) -> float:
     """Mean VADER ``neg`` share (0 ... 1) of the texts."""
-    return sum(_vader().polarity_scores(t)["neg"] for t in texts) / len(texts)
+    vader = SentimentIntensityAnalyzer()
+    return sum(vader.polarity_scores(t)["neg"] for t in texts) / len(texts)
 
 
 def main() -> None:
@@ -71,7 +72,8 @@ def main() -> None:
         "neg: VADER's negativity share, mean over completions. ppl ×: perplexity of the steered completions "
         "under the unsteered model over the unsteered ones'. Made by `python -m benchmarks.actadd_xvectors`.",
         "",
-        "| vector | prompt | block | coeff | relative | compound unsteered → steered (Δ) | moved | neg unsteered → steered | ppl × | rep |",
+        "| vector | prompt | block | coeff | relative | compound unsteered → steered (Δ) | moved "
+        "| neg unsteered → steered | ppl × | rep |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     outputs = []
@@ -83,7 +85,8 @@ def main() -> None:
             outputs.append((cmd, out))
             summary = re.search(
                 r"unsteered ([+-][\d.]+), steered ([+-][\d.]+) \(Δ ([+-][\d.]+)\); (\d+)/(\d+) rows more positive.*\n"
-                r"perplexity under the unsteered model: ([\d.]+) → ([\d.]+) \(×([\d.]+)\); repeated 3-grams (\d+)% → (\d+)%",
+                r"perplexity under the unsteered model: ([\d.]+) → ([\d.]+) \(×([\d.]+)\); "
+                r"repeated 3-grams (\d+)% → (\d+)%",
                 out,
             )
             u, st, delta, up, n, _, _, ppl, _, rep = summary.groups()
@@ -96,7 +99,8 @@ def main() -> None:
                 assert f"{table.summary().delta:+.2f}" == delta, "the API run must draw the command's texts"
                 pairs = zip(table.unsteered, table.steered, strict=True)
                 moved = f"{sum(s.sentiment < u.sentiment for u, s in pairs)}/{n} more negative"
-                neg = f"{negativity([c.text for c in table.unsteered]):.3f} → {negativity([c.text for c in table.steered]):.3f}"
+                before, after = (negativity([c.text for c in column]) for column in (table.unsteered, table.steered))
+                neg = f"{before:.3f} → {after:.3f}"
             lines.append(
                 f"| {name} | {prompt} | {block} | {coeff:g} | {relative:.2f} | {u} → {st} ({delta}) | "
                 f"{moved} | {neg} | {ppl} | {rep}% |"
