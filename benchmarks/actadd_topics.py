@@ -1,6 +1,6 @@
 """ActivationAdditions' topic experiment on SmolLM2: does the "weddings" x-vector make text talk about weddings?
 
-    python -m benchmarks.actadd_topics            # sweep, held-out report, text perplexities, tables, plot
+    python -m benchmarks.actadd_topics            # sweep, held-out report, text perplexities (20-40 min, 1 core)
     python -m benchmarks.actadd_topics --report   # only rebuild the tables and plot from the saved rows
 
 Turner et al. ("Steering Language Models With Activation Engineering") add the x-vector
