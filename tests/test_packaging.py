@@ -37,7 +37,13 @@ def test_the_wheel_holds_the_code_the_data_and_the_licence(wheel):
     package = {Path(name).name for name in names if name.startswith("steering_backends/")}
     assert {"spec.py", "layout.py", "pytorch_hooks.py", "__main__.py"} <= package
     data = {name for name in names if name.startswith("steering_backends/data/")}
-    expected = ["behaviour_prompts.json", "contrast_pairs.jsonl", "lens_prompts.json", "reference.txt"]
+    expected = [
+        "behaviour_prompts.json",
+        "contrast_pairs.jsonl",
+        "lens_prompts.json",
+        "reference.txt",
+        "topic_prompts.json",
+    ]
     assert data == {f"steering_backends/data/{name}" for name in expected}
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert not any(name.startswith(("tests/", "notebooks/", "benchmarks/")) for name in names)
