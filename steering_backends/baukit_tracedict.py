@@ -55,8 +55,13 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
 
     with contextlib.ExitStack() as stack:
         handle = decoder.register_forward_pre_hook(
-            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+            lambda m, args, kwargs: plan.begin_call(args, kwargs), with_kwargs=True
         )
         stack.callback(handle.remove)
+        handle = decoder.register_forward_hook(
+            lambda m, args, kwargs, output: plan.end_call(kwargs), with_kwargs=True, always_call=True
+        )
+        stack.callback(handle.remove)
+        stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         stack.enter_context(TraceDict(model, list(edits), retain_output=False, edit_output=edit_output))
         yield model

@@ -44,8 +44,11 @@ class _Wrapper(torch.nn.Module):
 
 class _DecoderWrapper(_Wrapper):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self.plan.record_call(args, kwargs)
-        return self.inner(*args, **kwargs)
+        self.plan.begin_call(args, kwargs)  # this call's positions, in force until it returns or raises
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.plan.end_call(kwargs)
 
 
 class _SiteWrapper(_Wrapper):
@@ -94,6 +97,7 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     get_module(model, layout.decoder)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         # Sites first, decoder last: the decoder's children are swapped while it is still itself.
         for name, (layer, sites) in sites_by_module.items():
             inner = get_module(model, name)

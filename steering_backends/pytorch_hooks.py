@@ -5,7 +5,8 @@
         tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)
 
 Hooks used:
-    decoder        forward pre-hook (with kwargs): records token positions of the call
+    decoder        forward pre-hook (with kwargs): the call's token positions, in force until
+                   a forward hook (always_call=True: also when the call raised) ends the call
     resid_pre      forward pre-hook on the block: edits its hidden_states input
     resid_post     forward hook on the block: edits its output
     attn_out       forward hook on the attention sublayer: edits its output
@@ -36,9 +37,14 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     with contextlib.ExitStack() as stack:
         # Registration happens inside the ExitStack: a failure halfway still removes the first hooks.
         handle = decoder.register_forward_pre_hook(
-            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+            lambda m, args, kwargs: plan.begin_call(args, kwargs), with_kwargs=True
         )
         stack.callback(handle.remove)
+        handle = decoder.register_forward_hook(
+            lambda m, args, kwargs, output: plan.end_call(kwargs), with_kwargs=True, always_call=True
+        )
+        stack.callback(handle.remove)
+        stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         for module, layer, site in targets:
             if site == "resid_pre":
                 handle = module.register_forward_pre_hook(_input_editor(plan, layer), with_kwargs=True)
