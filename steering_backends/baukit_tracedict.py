@@ -22,7 +22,7 @@ import torch
 from baukit import TraceDict
 
 from .layout import Layout, dims, get_module, layout_of, site_module_name
-from .spec import SteeringPlan, SteeringSpec
+from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
 
@@ -38,8 +38,9 @@ def _traced_module(layout: Layout, layer: int, site: str) -> str:
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; every hook is removed on exit, even on error."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model))
+    plan = SteeringPlan(specs, *dims(model), hooks=True)
     decoder = get_module(model, layout.decoder)
+    refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
     # Module name -> the (layer, site)s its output carries. plan.sites is in forward order, so
     # resid_post of block L is added before resid_pre of block L + 1, as in every other backend.
     edits: dict[str, list[tuple[int, str]]] = {}

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "token_positions"]
+__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "refuse_unguarded_compile", "token_positions"]
 
 # TransformerLens's vocabulary: blocks.{layer}.hook_{site}.
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
@@ -191,6 +193,29 @@ def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.T
     return batch, n_new, None, n_past, tokens.device
 
 
+UNGUARDED_COMPILE = (
+    "torch.compile does not notice module hooks added or removed after it compiled a model, so the compiled "
+    "model would run {what}. Fix: set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling "
+    "(entering and leaving a steer block then recompiles), or steer with custom_wrapper or bias_editing"
+)
+
+
+def _compiling_without_hook_guards() -> bool:
+    return "torch._dynamo" in sys.modules and sys.modules["torch._dynamo"].config.skip_nnmodule_hook_guards
+
+
+def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
+    """RuntimeError if one of ``modules`` was compiled (``torch.compile(module)`` or ``module.compile()``)
+    while dynamo ignores hooks: the compiled code would never run the hooks a steer block adds."""
+    if not _compiling_without_hook_guards():
+        return
+    for module in modules:
+        # torch.compile(module) keeps it as the submodule "_orig_mod" of an OptimizedModule.
+        wrapped = any(isinstance(d, dict) and d.get("_orig_mod") is module for d in gc.get_referrers(module))
+        if wrapped or getattr(module, "_compiled_call_impl", None) is not None:
+            raise RuntimeError(UNGUARDED_COMPILE.format(what=f"{type(module).__name__} unsteered"))
+
+
 class _Call:
     """What one decoder call needs at its sites: token positions, real-token mask, row masks.
 
@@ -249,8 +274,10 @@ class SteeringPlan:
         n_layers: int,
         d_model: int,
         sites: Sequence[str] = SITES,
+        hooks: bool = False,
     ) -> None:
         specs = list(specs)
+        self.hooks = hooks  # steered through module hooks: torch.compile must guard on them
         self.by_site: dict[tuple[int, str], list[SteeringSpec]] = {}
         for i, spec in enumerate(specs):
             if not isinstance(spec, SteeringSpec):
@@ -321,6 +348,8 @@ class SteeringPlan:
 
     def _set(self, call: _Call) -> Token | None:
         if torch.compiler.is_compiling():  # dynamo traces no ContextVar.set; the graph itself is per call
+            if self.hooks and _compiling_without_hook_guards():
+                raise RuntimeError(UNGUARDED_COMPILE.format(what="steered after the block too"))
             self._traced = (call, None)
             return None
         return self._current.set((call, torch._C._current_graph_task_id()))
