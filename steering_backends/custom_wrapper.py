@@ -84,6 +84,18 @@ def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.M
     return old
 
 
+def _unwrap(model: torch.nn.Module, name: str, ours: _Wrapper) -> None:
+    """Take ``ours`` out of the chain of wrappers at ``name``, wherever it is: a block entered
+    later (nested) may have wrapped it, and may still be active when this block is left."""
+    outer = _swap(model, name, ours.inner)  # what is at name now
+    if outer is ours:
+        return
+    _swap(model, name, outer)  # ours is deeper: put the chain back and unlink ours from it
+    while outer.inner is not ours:
+        outer = outer.inner
+    outer.inner = ours.inner
+
+
 @contextlib.contextmanager
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; the original modules are back on exit."""
@@ -100,10 +112,10 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
         stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         # Sites first, decoder last: the decoder's children are swapped while it is still itself.
         for name, (layer, sites) in sites_by_module.items():
-            inner = get_module(model, name)
-            _swap(model, name, _SiteWrapper(inner, plan, layer, sites))
-            stack.callback(_swap, model, name, inner)
-        decoder = get_module(model, layout.decoder)
-        _swap(model, layout.decoder, _DecoderWrapper(decoder, plan))
-        stack.callback(_swap, model, layout.decoder, decoder)
+            wrapper = _SiteWrapper(get_module(model, name), plan, layer, sites)
+            _swap(model, name, wrapper)
+            stack.callback(_unwrap, model, name, wrapper)
+        wrapper = _DecoderWrapper(get_module(model, layout.decoder), plan)
+        _swap(model, layout.decoder, wrapper)
+        stack.callback(_unwrap, model, layout.decoder, wrapper)
         yield model

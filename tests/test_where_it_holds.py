@@ -225,3 +225,34 @@ def test_a_compiled_model_is_steered_inside_and_unsteered_after_or_refused(fresh
     assert torch.allclose(hf_logits(compiled, ids, mask), unsteered, atol=1e-5)
     assert counters["stats"]["unique_graphs"] > graphs  # it was compiled, not run eagerly
     assert not torch.allclose(steered, unsteered, atol=1e-3)  # the check can fail
+
+
+# --- blocks left out of order --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", params(HF_BACKENDS))
+def test_blocks_left_out_of_order_keep_the_remaining_steering_exact(model, name):
+    """Enter A, enter B, leave A first: what is left steers exactly as B alone would (bitwise for
+    the hooks; bias editing within 1e-6 of B alone, float order), and once B is left too the model
+    is bitwise as before -- same modules, state_dict, hooks."""
+    ids, mask = batch([6, 4], 6, seed=6)
+    steer = backend(name).steer
+    a = specs_for(name)
+    b = [SteeringSpec(2, "attn_out", 4 * vec(7)), SteeringSpec(1, "resid_pre", 4 * vec(8))]
+    before = snapshot(model)
+    unsteered = hf_logits(model, ids, mask)
+    with steer(model, b):
+        b_alone = hf_logits(model, ids, mask)
+    outer, inner = steer(model, a), steer(model, b)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # A first
+    only_b = hf_logits(model, ids, mask)
+    inner.__exit__(None, None, None)
+    assert_unchanged(before, model)
+    assert torch.equal(hf_logits(model, ids, mask), unsteered)
+    if name == "bias_editing":
+        assert torch.allclose(only_b, b_alone, atol=1e-6)
+    else:
+        assert torch.equal(only_b, b_alone)
+    assert not torch.equal(b_alone, unsteered)
