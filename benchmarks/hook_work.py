@@ -8,8 +8,9 @@ model's token costs a few milliseconds and the Python run per forward is what is
 it alone, the model is run once to record what its decoder and the steered block receive and
 return; then both modules' own ``forward`` is replaced by a replay of that result, and each
 implementation's hooks or wrappers are timed around the replay: decoder call + block call, steered
-minus bare (the same two calls with nothing attached). The block is called from inside the decoder's
-replayed call, as in a real forward, so per-call state set at the decoder's input is in force there. Steering adds ``coeff * v`` to the output
+minus bare (the same two calls with nothing attached). The block is called from inside the
+decoder's replayed call, as in a real forward, so per-call state set at the decoder's input is
+in force there. Steering adds ``coeff * v`` to the output
 of one block (our ``resid_post``; steering-vectors' and repeng's "decoder block"), at every real
 token. Shapes: a 16-token prompt (prefill) and one decoding step after it, batch 1 and 8; in
 the batch of 8, seven rows are left-padded by 3 tokens (ours skip the padding there, the peers

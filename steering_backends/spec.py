@@ -303,7 +303,7 @@ class SteeringPlan:
         self._additions: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         # The call in force in this context: (_Call, the autograd graph task it may run in, or
         # None for any). One ContextVar per plan, so nested steer blocks keep their own.
-        self._current: ContextVar[tuple[_Call, int | None] | None] = ContextVar(f"steering_call_{id(self)}", default=None)
+        self._current: ContextVar[tuple[_Call, int | None] | None] = ContextVar(f"steering_{id(self)}", default=None)
         self._tokens: dict[int, Token] = {}  # id(call kwargs) -> how end_call restores the context
         self._traced: tuple[_Call, int | None] | None = None  # the call being traced by torch.compile
 

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from helpers import BACKEND_PARAMS, TRANSFORMERS_4, vec
+from helpers import BACKEND_PARAMS, vec
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec, backend
@@ -192,7 +192,7 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize(("name", "when", "guards"), SCENARIOS)
-def test_a_compiled_model_is_steered_inside_and_unsteered_after_or_refused(fresh_dynamo, monkeypatch, name, when, guards):
+def test_compiled_model_steered_inside_unsteered_after_or_refused(fresh_dynamo, monkeypatch, name, when, guards):
     """torch.compile(model), compiled (called once) before the block or made and first called inside
     it: steered inside, unsteered after, within 1e-5 of eager -- or, where the compiled code would
     not run the hooks, a RuntimeError naming the fix. Never silently unsteered. Dynamo's "eager"
@@ -256,3 +256,26 @@ def test_blocks_left_out_of_order_keep_the_remaining_steering_exact(model, name)
     else:
         assert torch.equal(only_b, b_alone)
     assert not torch.equal(b_alone, unsteered)
+
+
+# --- inputs_embeds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", params(HF_BACKENDS))
+def test_inputs_embeds_are_steered_as_input_ids_are(model, name):
+    """The same call made with inputs_embeds (the token embeddings of the ids) is steered at every
+    site, resid_pre of block 0 included, exactly as with input_ids. (Bias editing on Llama cannot
+    take resid_pre of block 0 at all, with ids or embeddings: rotary models have no position table.)"""
+    ids, mask = batch([6, 4], 6, seed=7)
+    if name != "bias_editing":
+        specs = [SteeringSpec(0, "resid_pre", 4 * vec(9), start=1), *position_dependent()]
+    elif model.config.model_type == "gpt2":
+        specs = [SteeringSpec(0, "resid_pre", 4 * vec(9)), *position_free()]
+    else:
+        specs = position_free()
+    embeds = model.get_input_embeddings()(ids)
+    with backend(name).steer(model, specs):
+        with_ids = hf_logits(model, ids, mask)
+        with_embeds = model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf_positions(mask)).logits
+    assert torch.equal(with_embeds, with_ids)
+    assert not torch.equal(with_ids, hf_logits(model, ids, mask))
