@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from helpers import BACKEND_PARAMS, vec
+from helpers import BACKEND_PARAMS, TRANSFORMERS_4, vec
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec, backend
@@ -279,3 +279,36 @@ def test_inputs_embeds_are_steered_as_input_ids_are(model, name):
         with_embeds = model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf_positions(mask)).logits
     assert torch.equal(with_embeds, with_ids)
     assert not torch.equal(with_ids, hf_logits(model, ids, mask))
+
+
+# --- output_hidden_states ------------------------------------------------------------------------
+
+
+def hidden_states(model, ids, mask) -> tuple[torch.Tensor, ...]:
+    return model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)[
+        "hidden_states"
+    ]
+
+
+@pytest.mark.parametrize("name", params(HF_HOOKS))
+def test_output_hidden_states_show_what_the_docs_say(model, name):
+    """With transformers' capture hooks in place first (output_hidden_states asked for before the
+    block), hidden_states[L + 1] under pytorch_hooks is block L's output with its resid_post addition,
+    as under bias editing (every entry within bias editing's parity tolerance, 1e-4 of the scale);
+    the custom wrapper and baukit edit that output after transformers recorded it, so there
+    hidden_states[2] is the unsteered block output while the logits are steered alike. (transformers 4
+    collects hidden_states in the decoder's loop, from what each block returned: all agree there.)"""
+    ids, mask = batch([6, 4], 6, seed=8)
+    specs = [SteeringSpec(1, "resid_post", 4 * vec(10)), SteeringSpec(2, "attn_out", 4 * vec(11))]
+    unsteered = hidden_states(model, ids, mask)  # installs transformers' capture hooks
+    with backend("bias_editing").steer(model, specs):
+        reference = hidden_states(model, ids, mask)
+    with backend(name).steer(model, specs):
+        got = hidden_states(model, ids, mask)
+    scale = max(h.abs().max() for h in reference)
+    if name == "pytorch_hooks" or TRANSFORMERS_4:
+        assert all((g - r)[mask.bool()].abs().max() <= 1e-4 * scale for g, r in zip(got, reference, strict=True))
+    else:
+        assert torch.equal(got[2], unsteered[2])
+        assert (got[-1] - reference[-1])[mask.bool()].abs().max() <= 1e-4 * scale
+    assert not torch.allclose(reference[2], unsteered[2], atol=1e-3)  # the check can fail
