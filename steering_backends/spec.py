@@ -223,17 +223,12 @@ class _Call:
     positions and the float mask are computed on first use, once per call.
     """
 
-    __slots__ = ("_inputs", "_positions", "_real", "_real_as", "row_masks")
+    __slots__ = ("_inputs", "_positions", "_real_as", "row_masks")
 
     def __init__(self, inputs: tuple, row_masks: dict[int, torch.Tensor]) -> None:
         self._inputs = inputs  # token_positions' arguments
         self._positions: torch.Tensor | None = None
-        mask, n_new = inputs[2], inputs[0]
-        # [B, T, 1] True at real tokens; None when the call has no mask (every token real). No
-        # host sync to ask whether all are real: that would stall an accelerator and break a
-        # torch.compile graph at every call.
-        self._real = None if mask is None else mask[:, -n_new:].bool().unsqueeze(-1)
-        self._real_as: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._real_as: dict[torch.device, torch.Tensor] = {}
         self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
 
     @property
@@ -244,13 +239,19 @@ class _Call:
         return self._positions
 
     def real_as(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """[B, T, 1] 1 at real tokens, 0 at padding, in hidden's dtype and device; None: all real."""
-        if self._real is None:
+        """[B, T, 1] 1 at real tokens, 0 at padding, on hidden's device (the mask's integer dtype,
+        which torch.addcmul promotes); None when the call has no mask: every token is real.
+
+        No host sync to ask whether all are real: that would stall an accelerator and break a
+        torch.compile graph at every call."""
+        n_new, _, mask = self._inputs[:3]
+        if mask is None:
             return None
-        key = (hidden.dtype, hidden.device)
-        if key not in self._real_as:
-            self._real_as[key] = self._real.to(device=hidden.device, dtype=hidden.dtype)
-        return self._real_as[key]
+        if hidden.device not in self._real_as:
+            new = mask[:, -n_new:].unsqueeze(-1)
+            new = new.to(hidden.dtype) if new.dtype == torch.bool else new  # addcmul takes no bool
+            self._real_as[hidden.device] = new.to(hidden.device)
+        return self._real_as[hidden.device]
 
 
 class SteeringPlan:
@@ -356,10 +357,9 @@ class SteeringPlan:
 
     def _call(self) -> _Call:
         """The call in force here, or RuntimeError: never another call's."""
-        if torch.compiler.is_compiling():
+        current = self._current.get()
+        if current is None and torch.compiler.is_compiling():
             current = self._traced
-        else:
-            current = self._current.get()
         if current is None:
             raise RuntimeError(
                 "a steered site ran outside a decoder call of the steered model (a block called directly, or a "
@@ -367,7 +367,7 @@ class SteeringPlan:
                 "positions there. Call the model (or its decoder), or use transformers' gradient_checkpointing_enable"
             )
         call, task = current
-        if task is not None and not torch.compiler.is_compiling() and task != torch._C._current_graph_task_id():
+        if task is not None and task != torch._C._current_graph_task_id():
             raise RuntimeError(
                 "a steered site ran inside a backward pass while another decoder call was in force (a recompute "
                 "of gradient checkpointing other than transformers'); steering refuses to use that call's positions"
