@@ -185,8 +185,13 @@ def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.T
     batch, n_new = tokens.shape[0], tokens.shape[1]
     mask = kwargs.get("attention_mask")
     if mask is not None:
+        if mask.ndim == 4 and mask.shape[2] == n_new:  # [B, 1, T, keys], a static cache's: see _Call
+            return batch, n_new, mask, -1, tokens.device
         if mask.ndim != 2:
-            raise ValueError(f"steering needs a 2-D attention_mask [batch, seq]; got shape {tuple(mask.shape)}")
+            raise ValueError(
+                f"steering needs a 2-D attention_mask [batch, seq] or a 4-D one [batch, 1, {n_new}, keys]; "
+                f"got shape {tuple(mask.shape)}"
+            )
         return batch, n_new, mask, mask.shape[1] - n_new, tokens.device
     cache = kwargs.get("past_key_values")
     n_past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
@@ -235,7 +240,14 @@ class _Call:
     def positions(self) -> torch.Tensor:
         """[B, T] position of each token of the call (padding: -1)."""
         if self._positions is None:
-            self._positions = token_positions(*self._inputs)
+            mask = self._inputs[2]
+            if mask is not None and mask.ndim == 4:
+                # A static cache's mask says which keys each token attends (bool True, or 0.0 in a float
+                # mask): with left padding that is every real token up to and including itself.
+                attended = (mask if mask.dtype == torch.bool else mask == 0)[:, 0].sum(-1)  # [B, T]
+                self._positions = attended - 1  # a left-padding token attends nothing: -1
+            else:
+                self._positions = token_positions(*self._inputs)
         return self._positions
 
     def real_as(self, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -248,7 +260,7 @@ class _Call:
         if mask is None:
             return None
         if hidden.device not in self._real_as:
-            new = mask[:, -n_new:].unsqueeze(-1)
+            new = (self.positions >= 0 if mask.ndim == 4 else mask[:, -n_new:]).unsqueeze(-1)
             new = new.to(hidden.dtype) if new.dtype == torch.bool else new  # addcmul takes no bool
             self._real_as[hidden.device] = new.to(hidden.device)
         return self._real_as[hidden.device]

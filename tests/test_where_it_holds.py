@@ -312,3 +312,20 @@ def test_output_hidden_states_show_what_the_docs_say(model, name):
         assert torch.equal(got[2], unsteered[2])
         assert (got[-1] - reference[-1])[mask.bool()].abs().max() <= 1e-4 * scale
     assert not torch.allclose(reference[2], unsteered[2], atol=1e-3)  # the check can fail
+
+
+# --- static cache --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", params(HF_BACKENDS))
+def test_a_static_cache_decodes_the_tokens_of_the_dynamic_one(model, name):
+    """generate(cache_implementation="static") hands the decoder a 4-D mask [B, 1, T, keys]; a left-
+    padded batch with start > 0 and an [n, d_model] vector decodes the same 8 greedy tokens as with
+    the default dynamic cache, and they are steered."""
+    ids, mask = batch([6, 3], 6, seed=9)
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with backend(name).steer(model, specs_for(name)):
+        dynamic = model.generate(ids, **kwargs)
+        static = model.generate(ids, cache_implementation="static", **kwargs)
+    assert static.tolist() == dynamic.tolist()
+    assert model.generate(ids, cache_implementation="static", **kwargs).tolist() != static.tolist()
