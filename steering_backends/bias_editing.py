@@ -15,6 +15,7 @@ Existing parameters are edited in place and restored bitwise on exit, even on er
 A projection with no bias (Llama's o_proj and down_proj) gets one for the duration,
 removed on exit, so the state_dict has the same keys and bits afterwards.
 The vector is copied in without autograd: no gradient reaches it (use a hook backend).
+Refused in train() mode when the model has dropout, which would drop and rescale the edited bias.
 
 Models dispatched by accelerate (``from_pretrained(..., device_map=...)``): a module offloaded
 to CPU or disk keeps its parameters on the meta device, and accelerate's hook on it
@@ -70,6 +71,11 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
                 f"specs[{i}].rows={spec.rows}: a bias is shared by every row of the batch, so bias editing "
                 "cannot steer some rows only; use a hook backend"
             )
+    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        raise ValueError(
+            "the model is in train() mode with dropout: dropout after an edited bias would drop and rescale the "
+            "vector, which the hook backends add after it; call model.eval(), or steer with a hook backend"
+        )
     additions: dict[str, torch.Tensor] = {}
     for (layer, site), site_specs in plan.by_site.items():
         name = _target(layout, layer, site)

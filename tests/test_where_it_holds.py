@@ -329,3 +329,14 @@ def test_a_static_cache_decodes_the_tokens_of_the_dynamic_one(model, name):
         static = model.generate(ids, cache_implementation="static", **kwargs)
     assert static.tolist() == dynamic.tolist()
     assert model.generate(ids, cache_implementation="static", **kwargs).tolist() != static.tolist()
+
+
+def test_bias_editing_refuses_train_mode_with_dropout():
+    """In train() mode GPT-2's dropout follows c_proj, so an edited bias would be dropped and
+    rescaled where a hook adds after the dropout: refused, with the reason, and the model untouched."""
+    model = random_model("tiny-gpt2-random").train()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"train\(\) mode with dropout"):
+        with backend("bias_editing").steer(model, position_free()):
+            pass
+    assert_unchanged(before, model)
