@@ -427,7 +427,8 @@ class SteeringPlan:
             if spec.per_position and shortest < needed:
                 raise ValueError(
                     f"specs[{i}] adds {spec.vector.shape[0]} rows from position {spec.start}, so every prompt needs "
-                    f"at least {needed} tokens; the shortest prompt here has {shortest}"
+                    f"at least {needed} tokens; the shortest prompt here has {shortest} "
+                    "(with a chunked prefill, the first chunk is checked: make it at least that long)"
                 )
 
     def _addition(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
