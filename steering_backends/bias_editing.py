@@ -140,7 +140,8 @@ def _rewrite(module: torch.nn.Module, name: str, original: torch.Tensor | None, 
         value = addition if value is None else value + addition  # broadcasts over a position table
     param = getattr(module, name)
     if param is None:
-        module.register_parameter(name, torch.nn.Parameter(value, requires_grad=False))
+        # A copy: value may be an addition itself, which a later block's rewrite must not write into.
+        module.register_parameter(name, torch.nn.Parameter(value.clone(), requires_grad=False))
     else:
         _assign(param, value)
 

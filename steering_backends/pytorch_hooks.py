@@ -50,9 +50,7 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
             if site == "resid_pre":
                 handle = module.register_forward_pre_hook(_input_editor(plan, layer), with_kwargs=True)
             else:
-                # prepend: before hooks already there, e.g. transformers' output_hidden_states capture,
-                # which then records the steered output, as it does under bias editing.
-                handle = module.register_forward_hook(_output_editor(plan, layer, site), prepend=True)
+                handle = module.register_forward_hook(_output_editor(plan, layer, site))
             stack.callback(handle.remove)
         yield model
 
