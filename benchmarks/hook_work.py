@@ -8,7 +8,9 @@ model's token costs a few milliseconds and the Python run per forward is what is
 it alone, the model is run once to record what its decoder and the steered block receive and
 return; then both modules' own ``forward`` is replaced by a replay of that result, and each
 implementation's hooks or wrappers are timed around the replay: decoder call + block call, steered
-minus bare (the same two calls with nothing attached). Steering adds ``coeff * v`` to the output
+minus bare (the same two calls with nothing attached). The block is called from inside the
+decoder's replayed call, as in a real forward, so per-call state set at the decoder's input is
+in force there. Steering adds ``coeff * v`` to the output
 of one block (our ``resid_post``; steering-vectors' and repeng's "decoder block"), at every real
 token. Shapes: a 16-token prompt (prefill) and one decoding step after it, batch 1 and 8; in
 the batch of 8, seven rows are left-padded by 3 tokens (ours skip the padding there, the peers
@@ -70,23 +72,28 @@ def record_calls(model, ids: torch.Tensor, mask: torch.Tensor, decoder_name: str
 
 
 @contextlib.contextmanager
-def replayed(module: torch.nn.Module, output):
-    """``module`` returns ``output`` without computing anything (instance attribute over forward)."""
-    module.forward = lambda *args, **kwargs: output
+def replayed(module: torch.nn.Module, output, inner=None):
+    """``module`` returns ``output`` without computing anything (instance attribute over forward);
+    ``inner``: (callable, args, kwargs) it calls first, as a decoder calls its blocks."""
+    if inner is None:
+        module.forward = lambda *args, **kwargs: output
+    else:
+        call, inner_args, inner_kwargs = inner
+        module.forward = lambda *args, **kwargs: (call(*inner_args, **inner_kwargs), output)[1]
     try:
         yield
     finally:
         del module.forward
 
 
-def time_calls(model, names, calls, n: int) -> float:
-    """Seconds per decoder call + block call, whatever module now sits at each name."""
-    modules = [model.get_submodule(name) for name in names]
+def time_calls(model, decoder_name: str, call, n: int) -> float:
+    """Seconds per decoder call (whose replay calls the block), whatever module now sits there."""
+    decoder = model.get_submodule(decoder_name)
+    args, kwargs, _ = call
     started = time.perf_counter()
     with torch.no_grad():
         for _ in range(n):
-            for module, (args, kwargs, _) in zip(modules, calls, strict=True):
-                module(*args, **kwargs)
+            decoder(*args, **kwargs)
     return (time.perf_counter() - started) / n
 
 
@@ -131,17 +138,19 @@ def main(argv: list[str] | None = None) -> None:
             cache,
         )
         for phase, recorded in (("prefill, 16 tokens", prefill), ("decoding step", step)):
-            names = (decoder_name, block_name)
-            calls = [recorded[name] for name in names]
             per_contender = {name: [] for name in contenders}
             with contextlib.ExitStack() as stack:
-                for name in names:
-                    stack.enter_context(replayed(get_module(model, name), recorded[name][2]))
+                block_args, block_kwargs, block_output = recorded[block_name]
+                stack.enter_context(replayed(get_module(model, block_name), block_output))
+                # Looked up at each call: a wrapper backend puts its own module at block_name.
+                inner = (lambda *a, **k: model.get_submodule(block_name)(*a, **k), block_args, block_kwargs)
+                stack.enter_context(replayed(get_module(model, decoder_name), recorded[decoder_name][2], inner))
+                call = recorded[decoder_name]
                 for _ in range(args.rounds):  # interleaved: bare, then each contender, every round
-                    bare = time_calls(model, names, calls, args.calls)
+                    bare = time_calls(model, decoder_name, call, args.calls)
                     for name, steer in contenders.items():
                         with steer(model):
-                            per_contender[name].append(time_calls(model, names, calls, args.calls) - bare)
+                            per_contender[name].append(time_calls(model, decoder_name, call, args.calls) - bare)
                 bare_us = 1e6 * bare
             for name, added in per_contender.items():
                 spread = sorted(1e6 * a for a in added)

@@ -7,7 +7,8 @@ baukit is not on PyPI; install it from GitHub pinned to a commit (see README).
 TraceDict edits module *outputs* only, so:
     resid_post / attn_out / mlp_out   edit the output of the block / attention / MLP
     resid_pre of block L > 0          edits the output of block L - 1 (the same tensor)
-    resid_pre of block 0              edits the output of the embedding module
+    resid_pre of block 0              edits the output of the embedding module (or, where that is
+                                      the token embedding, inputs_embeds when a call passes them)
 baukit's hooks see no keyword arguments, and HF passes attention_mask and
 past_key_values as keywords, so one plain PyTorch pre-hook on the decoder records
 token positions.
@@ -22,7 +23,7 @@ import torch
 from baukit import TraceDict
 
 from .layout import Layout, dims, get_module, layout_of, site_module_name
-from .spec import SteeringPlan, SteeringSpec
+from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
 
@@ -38,8 +39,9 @@ def _traced_module(layout: Layout, layer: int, site: str) -> str:
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; every hook is removed on exit, even on error."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model))
+    plan = SteeringPlan(specs, *dims(model), hooks=True)
     decoder = get_module(model, layout.decoder)
+    refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
     # Module name -> the (layer, site)s its output carries. plan.sites is in forward order, so
     # resid_post of block L is added before resid_pre of block L + 1, as in every other backend.
     edits: dict[str, list[tuple[int, str]]] = {}
@@ -48,15 +50,28 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
         get_module(model, name)  # TraceDict would leave earlier hooks behind on a bad name
         edits.setdefault(name, []).append((layer, site))
 
+    # Where block 0's input is the token embedding's output (Llama), a call with inputs_embeds
+    # never runs that module: resid_pre of block 0 is then steered on inputs_embeds itself.
+    embed_out = get_module(model, layout.embed_out)
+    embeds_skip_it = (0, "resid_pre") in plan.by_site and embed_out is model.get_input_embeddings()
+
+    def begin_call(m, args, kwargs):
+        plan.begin_call(args, kwargs)
+        if embeds_skip_it and kwargs.get("inputs_embeds") is not None:  # in place: end_call knows the call by its dict
+            kwargs["inputs_embeds"] = plan.steer(0, "resid_pre", kwargs["inputs_embeds"])
+
     def edit_output(output, layer: str):
         for block, site in edits[layer]:  # baukit calls the module name "layer"
             output = plan.steer_output(block, site, output)
         return output
 
     with contextlib.ExitStack() as stack:
-        handle = decoder.register_forward_pre_hook(
-            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+        handle = decoder.register_forward_pre_hook(begin_call, with_kwargs=True)
+        stack.callback(handle.remove)
+        handle = decoder.register_forward_hook(
+            lambda m, args, kwargs, output: plan.end_call(kwargs), with_kwargs=True, always_call=True
         )
         stack.callback(handle.remove)
+        stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         stack.enter_context(TraceDict(model, list(edits), retain_output=False, edit_output=edit_output))
         yield model

@@ -15,6 +15,7 @@ Existing parameters are edited in place and restored bitwise on exit, even on er
 A projection with no bias (Llama's o_proj and down_proj) gets one for the duration,
 removed on exit, so the state_dict has the same keys and bits afterwards.
 The vector is copied in without autograd: no gradient reaches it (use a hook backend).
+Refused in train() mode when the model has dropout, which would drop and rescale the edited bias.
 
 Models dispatched by accelerate (``from_pretrained(..., device_map=...)``): a module offloaded
 to CPU or disk keeps its parameters on the meta device, and accelerate's hook on it
@@ -70,6 +71,11 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
                 f"specs[{i}].rows={spec.rows}: a bias is shared by every row of the batch, so bias editing "
                 "cannot steer some rows only; use a hook backend"
             )
+    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        raise ValueError(
+            "the model is in train() mode with dropout: dropout after an edited bias would drop and rescale the "
+            "vector, which the hook backends add after it; call model.eval(), or steer with a hook backend"
+        )
     additions: dict[str, torch.Tensor] = {}
     for (layer, site), site_specs in plan.by_site.items():
         name = _target(layout, layer, site)
@@ -93,13 +99,51 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
                     value = original + addition.to(dtype=original.dtype, device=original.device)
                 stack.callback(setattr, hook, "weights_map", hook.weights_map)
                 hook.weights_map = ChainMap({key: value}, hook.weights_map)
-            elif param is None:  # a bias-free Linear: give it a bias that is exactly the vector
-                weight = module.weight
-                _add_bias(stack, module, param_name, addition.detach().to(dtype=weight.dtype, device=weight.device))
-            else:
-                stack.callback(_assign, param, param.detach().clone())  # restored bitwise, last edit first
-                _assign(param, param.detach() + addition.to(dtype=param.dtype, device=param.device))  # broadcasts
+            else:  # the sum of every active block's addition, so blocks can be left in any order
+                _edit(stack, module, param_name, addition.detach())
         yield model
+
+
+# (id(module), parameter name) -> (its value before any steer block, or None for an absent bias;
+# [(block token, addition)] of the blocks active on it, in the order they were entered).
+_ACTIVE: dict[tuple[int, str], tuple[torch.Tensor | None, list[tuple[object, torch.Tensor]]]] = {}
+
+
+def _edit(stack: contextlib.ExitStack, module: torch.nn.Module, name: str, addition: torch.Tensor) -> None:
+    param = getattr(module, name)
+    original, edits = _ACTIVE.setdefault((id(module), name), (None if param is None else param.detach().clone(), []))
+    token = object()
+    edits.append((token, addition))
+    _rewrite(module, name, original, edits)
+    stack.callback(_undo, module, name, token)
+
+
+def _undo(module: torch.nn.Module, name: str, token: object) -> None:
+    """Take one block's addition out, whatever blocks entered after it are still active."""
+    original, edits = _ACTIVE[(id(module), name)]
+    edits[:] = [edit for edit in edits if edit[0] is not token]
+    if not edits:
+        del _ACTIVE[(id(module), name)]
+    _rewrite(module, name, original, edits)
+
+
+def _rewrite(module: torch.nn.Module, name: str, original: torch.Tensor | None, edits: list) -> None:
+    """original + each active addition in order (bitwise the original when none is left); an absent
+    bias is given one while an addition is active, and removed after."""
+    if original is None and not edits:
+        module.register_parameter(name, None)
+        return
+    like = module.weight if original is None else original
+    value = original
+    for _, addition in edits:
+        addition = addition.to(dtype=like.dtype, device=like.device)
+        value = addition if value is None else value + addition  # broadcasts over a position table
+    param = getattr(module, name)
+    if param is None:
+        # A copy: value may be an addition itself, which a later block's rewrite must not write into.
+        module.register_parameter(name, torch.nn.Parameter(value.clone(), requires_grad=False))
+    else:
+        _assign(param, value)
 
 
 def _add_bias(stack: contextlib.ExitStack, module: torch.nn.Module, name: str, value: torch.Tensor) -> None:

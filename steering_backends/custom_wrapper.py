@@ -44,8 +44,11 @@ class _Wrapper(torch.nn.Module):
 
 class _DecoderWrapper(_Wrapper):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self.plan.record_call(args, kwargs)
-        return self.inner(*args, **kwargs)
+        self.plan.begin_call(args, kwargs)  # this call's positions, in force until it returns or raises
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.plan.end_call(kwargs)
 
 
 class _SiteWrapper(_Wrapper):
@@ -81,6 +84,18 @@ def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.M
     return old
 
 
+def _unwrap(model: torch.nn.Module, name: str, ours: _Wrapper) -> None:
+    """Take ``ours`` out of the chain of wrappers at ``name``, wherever it is: a block entered
+    later (nested) may have wrapped it, and may still be active when this block is left."""
+    outer = _swap(model, name, ours.inner)  # what is at name now
+    if outer is ours:
+        return
+    _swap(model, name, outer)  # ours is deeper: put the chain back and unlink ours from it
+    while outer.inner is not ours:
+        outer = outer.inner
+    outer.inner = ours.inner
+
+
 @contextlib.contextmanager
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; the original modules are back on exit."""
@@ -94,12 +109,13 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     get_module(model, layout.decoder)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         # Sites first, decoder last: the decoder's children are swapped while it is still itself.
         for name, (layer, sites) in sites_by_module.items():
-            inner = get_module(model, name)
-            _swap(model, name, _SiteWrapper(inner, plan, layer, sites))
-            stack.callback(_swap, model, name, inner)
-        decoder = get_module(model, layout.decoder)
-        _swap(model, layout.decoder, _DecoderWrapper(decoder, plan))
-        stack.callback(_swap, model, layout.decoder, decoder)
+            wrapper = _SiteWrapper(get_module(model, name), plan, layer, sites)
+            _swap(model, name, wrapper)
+            stack.callback(_unwrap, model, name, wrapper)
+        wrapper = _DecoderWrapper(get_module(model, layout.decoder), plan)
+        _swap(model, layout.decoder, wrapper)
+        stack.callback(_unwrap, model, layout.decoder, wrapper)
         yield model

@@ -5,7 +5,8 @@
         tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)
 
 Hooks used:
-    decoder        forward pre-hook (with kwargs): records token positions of the call
+    decoder        forward pre-hook (with kwargs): the call's token positions, in force until
+                   a forward hook (always_call=True: also when the call raised) ends the call
     resid_pre      forward pre-hook on the block: edits its hidden_states input
     resid_post     forward hook on the block: edits its output
     attn_out       forward hook on the attention sublayer: edits its output
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from .layout import dims, get_module, layout_of, site_module_name
-from .spec import SteeringPlan, SteeringSpec
+from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
 
@@ -29,16 +30,22 @@ __all__ = ["steer"]
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; every hook is removed on exit, even on error."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model))
+    plan = SteeringPlan(specs, *dims(model), hooks=True)
     decoder = get_module(model, layout.decoder)
+    refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
     targets = [(get_module(model, site_module_name(layout, layer, site)), layer, site) for layer, site in plan.sites]
 
     with contextlib.ExitStack() as stack:
         # Registration happens inside the ExitStack: a failure halfway still removes the first hooks.
         handle = decoder.register_forward_pre_hook(
-            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+            lambda m, args, kwargs: plan.begin_call(args, kwargs), with_kwargs=True
         )
         stack.callback(handle.remove)
+        handle = decoder.register_forward_hook(
+            lambda m, args, kwargs, output: plan.end_call(kwargs), with_kwargs=True, always_call=True
+        )
+        stack.callback(handle.remove)
+        stack.enter_context(plan.recompute_in_call(model))  # gradient checkpointing replays under its call
         for module, layer, site in targets:
             if site == "resid_pre":
                 handle = module.register_forward_pre_hook(_input_editor(plan, layer), with_kwargs=True)

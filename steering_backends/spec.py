@@ -6,26 +6,32 @@ with one backend file.
 
     spec = SteeringSpec(layer=6, site="resid_pre", vector=love - hate, coeff=5.0)
     plan = SteeringPlan([spec], n_layers=48, d_model=1600)   # validates
-    # at the decoder's call:      plan.record_call(args, kwargs)
+    # at the decoder's input:     plan.begin_call(args, kwargs)
     # at a site's activation:     hidden = plan.steer(layer, site, hidden)
+    # at the decoder's output:    plan.end_call(kwargs)        (also when it raised)
 
 Contents:
     SITES          the four intercept points, in the order a block computes them
     SteeringSpec   one addition (frozen dataclass, validated on construction)
-    SteeringPlan   validated specs for one model, plus the positions of the call in flight
+    SteeringPlan   validated specs for one model; each decoder call's positions in a ContextVar
     token_positions  padding- and cache-aware position of every token in a call
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import math
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "token_positions"]
+__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "refuse_unguarded_compile", "token_positions"]
 
 # TransformerLens's vocabulary: blocks.{layer}.hook_{site}.
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
@@ -179,19 +185,100 @@ def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.T
     batch, n_new = tokens.shape[0], tokens.shape[1]
     mask = kwargs.get("attention_mask")
     if mask is not None:
+        if mask.ndim == 4 and mask.shape[2] == n_new:  # [B, 1, T, keys], a static cache's: see _Call
+            return batch, n_new, mask, -1, tokens.device
         if mask.ndim != 2:
-            raise ValueError(f"steering needs a 2-D attention_mask [batch, seq]; got shape {tuple(mask.shape)}")
+            raise ValueError(
+                f"steering needs a 2-D attention_mask [batch, seq] or a 4-D one [batch, 1, {n_new}, keys]; "
+                f"got shape {tuple(mask.shape)}"
+            )
         return batch, n_new, mask, mask.shape[1] - n_new, tokens.device
     cache = kwargs.get("past_key_values")
     n_past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
     return batch, n_new, None, n_past, tokens.device
 
 
+UNGUARDED_COMPILE = (
+    "torch.compile does not notice module hooks added or removed after it compiled a model, so the compiled "
+    "model would run {what}. Fix: set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling "
+    "(entering and leaving a steer block then recompiles), or steer with custom_wrapper or bias_editing"
+)
+
+
+def _compiling_without_hook_guards() -> bool:
+    return "torch._dynamo" in sys.modules and sys.modules["torch._dynamo"].config.skip_nnmodule_hook_guards
+
+
+def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
+    """RuntimeError if one of ``modules`` was compiled (``torch.compile(module)`` or ``module.compile()``)
+    while dynamo ignores hooks: the compiled code would never run the hooks a steer block adds."""
+    if not _compiling_without_hook_guards():
+        return
+    for module in modules:
+        # torch.compile(module) keeps it as the submodule "_orig_mod" of an OptimizedModule.
+        wrapped = any(isinstance(d, dict) and d.get("_orig_mod") is module for d in gc.get_referrers(module))
+        if wrapped or getattr(module, "_compiled_call_impl", None) is not None:
+            raise RuntimeError(UNGUARDED_COMPILE.format(what=f"{type(module).__name__} unsteered"))
+
+
+class _Call:
+    """What one decoder call needs at its sites: token positions, real-token mask, row masks.
+
+    Made at the decoder's input and owned by that call alone (see SteeringPlan.record_call);
+    positions and the float mask are computed on first use, once per call.
+    """
+
+    __slots__ = ("_inputs", "_positions", "_real_as", "row_masks")
+
+    def __init__(self, inputs: tuple, row_masks: dict[int, torch.Tensor]) -> None:
+        self._inputs = inputs  # token_positions' arguments
+        self._positions: torch.Tensor | None = None
+        self._real_as: dict[torch.device, torch.Tensor] = {}
+        self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[B, T] position of each token of the call (padding: -1)."""
+        if self._positions is None:
+            mask = self._inputs[2]
+            if mask is not None and mask.ndim == 4:
+                # A static cache's mask says which keys each token attends (bool True, or 0.0 in a float
+                # mask): with left padding that is every real token up to and including itself.
+                attended = (mask if mask.dtype == torch.bool else mask == 0)[:, 0].sum(-1)  # [B, T]
+                self._positions = attended - 1  # a left-padding token attends nothing: -1
+            else:
+                self._positions = token_positions(*self._inputs)
+        return self._positions
+
+    def real_as(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[B, T, 1] 1 at real tokens, 0 at padding, on hidden's device (the mask's integer dtype,
+        which torch.addcmul promotes); None when the call has no mask: every token is real.
+
+        No host sync to ask whether all are real: that would stall an accelerator and break a
+        torch.compile graph at every call."""
+        n_new, _, mask = self._inputs[:3]
+        if mask is None:
+            return None
+        if hidden.device not in self._real_as:
+            new = (self.positions >= 0 if mask.ndim == 4 else mask[:, -n_new:]).unsqueeze(-1)
+            new = new.to(hidden.dtype) if new.dtype == torch.bool else new  # addcmul takes no bool
+            self._real_as[hidden.device] = new.to(hidden.device)
+        return self._real_as[hidden.device]
+
+
 class SteeringPlan:
-    """Validated specs for one model, and the token positions of the forward call in flight.
+    """Validated specs for one model; immutable once built. Per-call state lives apart from it.
 
     Raises ValueError naming the spec and the allowed values before anything touches
     the model. ``sites`` restricts the sites a backend can intercept.
+
+    A decoder call's positions and masks belong to that call: ``record_call`` / ``begin_call``
+    put them in a ``contextvars.ContextVar`` of this plan, which ``steer`` reads. Each thread
+    (and each asyncio task) has its own context, so concurrent calls never see each other's;
+    ``end_call`` restores the value from before the call, so a nested call does not leak into
+    its caller. A site that runs with no call of its own in force (a block called directly, a
+    gradient-checkpoint recompute that ``recompute_in_call`` did not bind) raises RuntimeError
+    rather than read another call's positions.
     """
 
     def __init__(
@@ -200,8 +287,10 @@ class SteeringPlan:
         n_layers: int,
         d_model: int,
         sites: Sequence[str] = SITES,
+        hooks: bool = False,
     ) -> None:
         specs = list(specs)
+        self.hooks = hooks  # steered through module hooks: torch.compile must guard on them
         self.by_site: dict[tuple[int, str], list[SteeringSpec]] = {}
         for i, spec in enumerate(specs):
             if not isinstance(spec, SteeringSpec):
@@ -222,47 +311,114 @@ class SteeringPlan:
         self._needs_length_check = any(spec.per_position for spec in specs)
         self._row_specs = [(i, spec) for i, spec in enumerate(specs) if spec.rows is not None]
         # coeff * vector per (spec, dtype, device), made on first use: once per steer block, not
-        # once per forward. A vector that requires grad is scaled afresh each time instead, so each
-        # forward has its own graph back to it.
+        # once per forward (the same for every call, so shared). A vector that requires grad is
+        # scaled afresh each time instead, so each forward has its own graph back to it.
         self._additions: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
-        self._call: tuple | None = None  # token_positions' arguments for the call in flight
-        self._positions: torch.Tensor | None = None  # [B, T], computed on first use
-        self.every_token_real = False  # no padding among the call's new tokens
-        self._row_masks: dict[int, torch.Tensor] = {}  # id(spec) -> [B, 1, 1], for specs with rows
-        self._real: torch.Tensor | None = None  # [B, T, 1] True at real tokens, when there is padding
+        # The call in force in this context: (_Call, the autograd graph task it may run in, or
+        # None for any). One ContextVar per plan, so nested steer blocks keep their own.
+        self._current: ContextVar[tuple[_Call, int | None] | None] = ContextVar(f"steering_{id(self)}", default=None)
+        self._tokens: dict[int, Token] = {}  # id(call kwargs) -> how end_call restores the context
+        self._traced: tuple[_Call, int | None] | None = None  # the call being traced by torch.compile
 
     @property
     def sites(self) -> list[tuple[int, str]]:
         """(layer >= 0, site) pairs to intercept, in block then site order."""
         return sorted(self.by_site, key=lambda key: (key[0], SITES.index(key[1])))
 
-    @property
-    def positions(self) -> torch.Tensor:
-        """[B, T] position of each token of the call in flight (padding: -1)."""
-        if self._call is None:
-            raise RuntimeError("a steered site ran before the decoder call was recorded")
-        if self._positions is None:
-            self._positions = token_positions(*self._call)
-        return self._positions
-
-    def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Read a decoder call (its positions are computed when first needed); check prompt
-        length for [n, d_model] vectors."""
+    def _new_call(self, args: tuple, kwargs: dict[str, Any]) -> _Call:
         batch, n_new, mask, n_past, device = _call_inputs(args, kwargs)
-        self._call, self._positions = (n_new, batch, mask, n_past, device), None
-        # Reading one bool here (a sync on an accelerator, where the queue is nearly empty at
-        # the decoder's input) lets every [d_model] spec from position 0 skip the masked select.
-        new = None if mask is None else mask[:, -n_new:]
-        self.every_token_real = new is None or bool(new.all())
-        self._real = None if self.every_token_real else new.bool().unsqueeze(-1)  # [B, T, 1]
         if n_past == 0 and self._needs_length_check:
             self._check_prompt_length(n_new if mask is None else mask.sum(-1))
-        self._row_masks = {}
+        row_masks = {}
         for i, spec in self._row_specs:  # checked here, before any block runs
             try:
-                self._row_masks[id(spec)] = spec.row_mask(batch, device)
+                row_masks[id(spec)] = spec.row_mask(batch, device)
             except ValueError as err:
                 raise ValueError(f"specs[{i}]: {err}") from None
+        return _Call((n_new, batch, mask, n_past, device), row_masks)
+
+    def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Read a decoder call and make it the one in force in this context until the next
+        (check prompt length for [n, d_model] vectors, and rows)."""
+        self._set(self._new_call(args, kwargs))
+
+    def begin_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """At a decoder's input: like record_call, until end_call(kwargs) of the same call."""
+        call = self._new_call(args, kwargs)  # validates first: a refused call sets nothing
+        token = self._set(call)
+        if token is not None:
+            self._tokens[id(kwargs)] = token  # the dict is alive, so its id is this call's, until end_call
+
+    def end_call(self, kwargs: dict[str, Any]) -> None:
+        """At the decoder's output, or its error (a forward hook with always_call=True): the
+        context is again what it was before begin_call. A no-op if begin_call refused the call."""
+        if torch.compiler.is_compiling():
+            self._traced = None
+            return
+        token = self._tokens.pop(id(kwargs), None)
+        if token is not None:
+            self._current.reset(token)
+
+    def _set(self, call: _Call) -> Token | None:
+        if torch.compiler.is_compiling():  # dynamo traces no ContextVar.set; the graph itself is per call
+            if self.hooks and _compiling_without_hook_guards():
+                raise RuntimeError(UNGUARDED_COMPILE.format(what="steered after the block too"))
+            self._traced = (call, None)
+            return None
+        return self._current.set((call, torch._C._current_graph_task_id()))
+
+    def _call(self) -> _Call:
+        """The call in force here, or RuntimeError: never another call's."""
+        current = self._current.get()
+        if current is None and torch.compiler.is_compiling():
+            current = self._traced
+        if current is None:
+            raise RuntimeError(
+                "a steered site ran outside a decoder call of the steered model (a block called directly, or a "
+                "recompute of gradient checkpointing other than transformers'); steering cannot know its token "
+                "positions there. Call the model (or its decoder), or use transformers' gradient_checkpointing_enable"
+            )
+        call, task = current
+        if task is not None and task != torch._C._current_graph_task_id():
+            raise RuntimeError(
+                "a steered site ran inside a backward pass while another decoder call was in force (a recompute "
+                "of gradient checkpointing other than transformers'); steering refuses to use that call's positions"
+            )
+        return call
+
+    @contextlib.contextmanager
+    def recompute_in_call(self, model: torch.nn.Module) -> Iterator[None]:
+        """For the duration: transformers' gradient checkpointing re-runs a block's forward during
+        backward under the call that ran it first (every module's ``_gradient_checkpointing_func``,
+        set by ``gradient_checkpointing_enable``, is wrapped, and put back on exit)."""
+        wrapped = []
+        for module in model.modules():
+            checkpoint = module.__dict__.get("_gradient_checkpointing_func")
+            if checkpoint is not None:
+                module._gradient_checkpointing_func = self._bound(checkpoint)
+                wrapped.append((module, checkpoint, module._gradient_checkpointing_func))
+        try:
+            yield
+        finally:
+            for module, checkpoint, ours in wrapped:
+                if module.__dict__.get("_gradient_checkpointing_func") is ours:  # not replaced inside the block
+                    module._gradient_checkpointing_func = checkpoint
+
+    def _bound(self, checkpoint: Any) -> Any:
+        def checkpoint_in_call(function: Any, *args: Any, **kwargs: Any) -> Any:
+            call = self._current.get()
+            if call is None:  # not steered here: nothing to bind
+                return checkpoint(function, *args, **kwargs)
+            return checkpoint(functools.partial(self._run_in, (call[0], None), function), *args, **kwargs)
+
+        return checkpoint_in_call
+
+    def _run_in(self, call: tuple[_Call, None], function: Any, *args: Any, **kwargs: Any) -> Any:
+        token = self._current.set(call)  # task None: also valid in the backward pass that recomputes
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self._current.reset(token)
 
     def _check_prompt_length(self, n_real: int | torch.Tensor) -> None:
         shortest = int(n_real.min()) if isinstance(n_real, torch.Tensor) else n_real
@@ -271,7 +427,8 @@ class SteeringPlan:
             if spec.per_position and shortest < needed:
                 raise ValueError(
                     f"specs[{i}] adds {spec.vector.shape[0]} rows from position {spec.start}, so every prompt needs "
-                    f"at least {needed} tokens; the shortest prompt here has {shortest}"
+                    f"at least {needed} tokens; the shortest prompt here has {shortest} "
+                    "(with a chunked prefill, the first chunk is checked: make it at least that long)"
                 )
 
     def _addition(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
@@ -284,17 +441,16 @@ class SteeringPlan:
 
     def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] plus every spec at (layer, site), summed in the order given."""
-        if self._call is None:
-            raise RuntimeError("a steered site ran before the decoder call was recorded")
+        call = self._call()
         for spec in self.by_site.get((layer, site), ()):
             addition = self._addition(spec, hidden)
             if spec.per_position or spec.start > 0 or spec.rows is not None:
-                rows = self._row_masks.get(id(spec))
-                hidden = spec.apply(hidden, self.positions, addition, None if rows is None else rows.to(hidden.device))
-            elif self.every_token_real:  # from position 0, with no padding: every token, as apply() would
+                rows = call.row_masks.get(id(spec))
+                hidden = spec.apply(hidden, call.positions, addition, None if rows is None else rows.to(hidden.device))
+            elif (real := call.real_as(hidden)) is None:  # no mask: every token is real
                 hidden = hidden + addition
-            else:  # from position 0: exactly the real tokens, as apply() would, without counting positions
-                hidden = hidden + addition * self._real.to(hidden.device)
+            else:  # from position 0: exactly the real tokens, as apply() would, in one kernel
+                hidden = torch.addcmul(hidden, real, addition)
         return hidden
 
     def steer_output(self, layer: int, site: str, output: Any) -> Any:

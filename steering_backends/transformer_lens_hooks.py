@@ -79,7 +79,11 @@ def steer(bridge: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[to
 
     with contextlib.ExitStack() as stack:
         handle = decoder.register_forward_pre_hook(
-            lambda m, args, kwargs: plan.record_call(args, kwargs), with_kwargs=True
+            lambda m, args, kwargs: plan.begin_call(args, kwargs), with_kwargs=True
+        )
+        stack.callback(handle.remove)
+        handle = decoder.register_forward_hook(
+            lambda m, args, kwargs, output: plan.end_call(kwargs), with_kwargs=True, always_call=True
         )
         stack.callback(handle.remove)
         for hook_point, layer, site in hook_points:
