@@ -308,7 +308,9 @@ def _spec(steering: _Steering, model: Any, tokenizer: Any, x_vector: bool) -> tu
         )
         return spec, f"x-vector {steering.plus!r} - {steering.minus!r}, {what}"
     bos = tokenizer.bos_token or ""
-    vector = contrast_vector(model, tokenizer, steering.plus, steering.minus, steering.layer, steering.site, bool(bos))
+    vector = contrast_vector(
+        model, tokenizer, steering.plus, steering.minus, steering.layer, steering.site, bos=bool(bos)
+    )
     how = f"{what}: act({bos + steering.plus!r}) - act({bos + steering.minus!r}) at the last token"
     return SteeringSpec(steering.layer, steering.site, vector, steering.coeff), how
 
