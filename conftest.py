@@ -34,6 +34,8 @@ def _workers(config) -> int:
 
 
 def pytest_configure(config):
+    # (xdist declares it too; declared here for runs without xdist installed)
+    config.addinivalue_line("markers", "xdist_group(name): the tests pytest-xdist runs on one worker")
     if hasattr(config, "workerinput"):  # an xdist worker: its share of the cores, for itself and its notebook kernels
         import torch
 
