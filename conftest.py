@@ -69,11 +69,20 @@ def _group(item) -> str:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    groups = {item.nodeid: _group(item) for item in items}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    if _workers(config) or hasattr(config, "workerinput"):  # a stable sort: each group keeps its order
-        items.sort(key=lambda item: FIRST.index(groups[item.nodeid]) if groups[item.nodeid] in FIRST else len(FIRST))
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+# After pytest has ordered the items by their fixtures' parameters (which would undo this).
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems_longest_first(config, items):
+    """The FIRST groups move to the front; a stable sort, so each group keeps its order."""
+
+    def rank(item) -> int:
+        group = item.get_closest_marker("xdist_group").args[0]
+        return FIRST.index(group) if group in FIRST else len(FIRST)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(autouse=True)
