@@ -43,13 +43,18 @@ DATA_FILES = ("lens_prompts.json", "behaviour_prompts.json", "contrast_pairs.jso
 
 FORMAT = 1  # bump when the training code changes what a recipe produces: old caches are then retrained
 
+# A smaller default lens for the test suite (conftest.py sets it; read at import): the first this many
+# documents of each source. Unset, the default recipe trains on all of them.
+_DOCUMENTS = os.environ.get("STEERING_BACKENDS_LENS_DOCUMENTS")
+
 
 @dataclass(frozen=True)
 class LensRecipe:
     """How a lens is trained. Recorded in the manifest: a lens trained another way is not used."""
 
     new_tokens: int = 96  # sampled per prompt
-    documents: int | None = None  # the first this many of each source, per split; None: all (tests use a few)
+    # the first this many of each source, per split; None: all (the test suite's default: a few)
+    documents: int | None = int(_DOCUMENTS) if _DOCUMENTS else None
     batch_tokens: int = 128  # real tokens per training step
     lr: float = 0.1
     momentum: float = 0.9

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from helpers import BACKEND_PARAMS, IDS, MASK
@@ -21,11 +23,20 @@ def tokenizer():
     return gpt2_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def _built() -> dict:
+    """{name: the model as random_model built it}, built once per session and never handed out."""
+    return {}
+
+
 @pytest.fixture(params=TINY_MODELS)
-def tiny(request):
+def tiny(request, _built):
     """A fresh 4-layer, d_model 64 model with seeded random weights, GPT-2 and Llama
-    architectures (per test: tests may break it)."""
-    return random_model(request.param)
+    architectures (per test: tests may break it). A deep copy of one built per session: the
+    same weights, config and eval mode as random_model's, a few times faster than building it."""
+    if request.param not in _built:
+        _built[request.param] = random_model(request.param)
+    return copy.deepcopy(_built[request.param])
 
 
 @pytest.fixture(params=BACKEND_PARAMS)

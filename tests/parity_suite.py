@@ -81,11 +81,13 @@ def perturbations(specs: list[SteeringSpec], n_layers: int) -> dict[str, list[St
     }
 
 
-def greedy_no_cache(runner: Runner, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(greedy ids decoded with no cache [B, T + N_NEW], the logits that chose each new token
-    [B, N_NEW, vocab], from one no-cache forward over the whole sequence)."""
-    tokens = greedy(runner.logits, ids, mask, N_NEW)
-    full_mask = torch.cat([mask, torch.ones(len(ids), N_NEW, dtype=mask.dtype)], 1)
+def greedy_no_cache(
+    runner: Runner, ids: torch.Tensor, mask: torch.Tensor, n_new: int = N_NEW
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(greedy ids decoded with no cache [B, T + n_new], the logits that chose each new token
+    [B, n_new, vocab], from one no-cache forward over the whole sequence)."""
+    tokens = greedy(runner.logits, ids, mask, n_new)
+    full_mask = torch.cat([mask, torch.ones(len(ids), n_new, dtype=mask.dtype)], 1)
     return tokens, runner.logits(tokens, full_mask)[:, ids.shape[1] - 1 : -1]
 
 
@@ -110,11 +112,24 @@ def assert_same_greedy(
     assert gap <= tol, f"{label}: step logits are {gap:.2e} from no-cache decoding"
 
 
-def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bool = True) -> ParityResults:
+def run_suite(
+    model,
+    tokenizer,
+    n_layers: int,
+    d_model: int,
+    copy_for_bridge: bool = True,
+    only: tuple[str, ...] | None = None,
+    n_new: int = N_NEW,
+    padded_batch: bool = True,
+) -> ParityResults:
+    """``only``: these parity cases (by name), else all; ``n_new``: greedy tokens; ``padded_batch``: whether
+    to run each prompt alone against its padded batch row (ParityResults.batch_gap stays empty if not)."""
     runners, skipped = make_runners(model, tokenizer, copy_for_bridge=copy_for_bridge)
     ids, mask = left_pad(tokenizer, PROMPTS)
     scale = residual_rms(model, ids, mask) / 4
     cases = parity_cases(n_layers, d_model, scale=scale)
+    if only is not None:
+        cases = {label: cases[label] for label in only}
     refs, table = reference_run(runners, cases, ids, mask)
     results = ParityResults(n_layers, d_model, scale, table, skipped, model_type=model.config.model_type)
     results.scales = {label: logit_scale(ref, mask) for label, ref in refs.items()}
@@ -124,7 +139,7 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
     no_cache = {}
     for kind, specs in gen_specs.items():
         with reference.steer(reference.model, specs):
-            no_cache[kind] = greedy_no_cache(reference, ids, mask)
+            no_cache[kind] = greedy_no_cache(reference, ids, mask, n_new)
 
     base = cases["resid_pre mid"]
     for label, specs in perturbations(base, n_layers).items():
@@ -137,11 +152,13 @@ def run_suite(model, tokenizer, n_layers: int, d_model: int, copy_for_bridge: bo
             table[label][runner.name] = diff
         kind = supports(runner, gen_specs[True])
         with runner.steer(runner.model, gen_specs[kind]):
-            results.tokens[runner.name], steps = runner.generate(ids, mask, N_NEW)
+            results.tokens[runner.name], steps = runner.generate(ids, mask, n_new)
         results.tokens_no_cache[runner.name], no_cache_steps = no_cache[kind]
         results.step_gap[runner.name] = (steps - no_cache_steps).abs().max().item()
         results.step_scale[runner.name] = no_cache_steps.abs().max().item()
         results.steps[runner.name], results.steps_no_cache[runner.name] = steps, no_cache_steps
+        if not padded_batch:
+            continue
         specs = batch_specs(runner, n_layers, d_model, scale)
         with runner.steer(runner.model, specs):
             batch = runner.logits(ids, mask)

@@ -1,7 +1,10 @@
 """The command line as a user runs it: a subprocess, its exit status, its stdout and stderr.
 
 Every user error is one line on stderr naming the option and what is allowed, exit status 2;
-the main job runs end to end on tiny models in bfloat16 on the CPU.
+the main job runs end to end on tiny models in bfloat16 on the CPU. The option errors are
+checked through main() in this process (each subprocess spends seconds importing torch);
+one of them, and everything that depends on the process (environment, import path,
+--debug's traceback, the main job), runs as a subprocess.
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """main(args) in this process, as run_cli would report it: the exit status, stdout and stderr."""
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["main", *args], code, out, err)
+
+
 def error_line(result: subprocess.CompletedProcess) -> str:
     """The one line a user error prints; fails unless it is exactly one line, exit status 2, no traceback."""
     assert result.returncode == 2, result.stderr
@@ -62,7 +77,14 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("args, expected", BAD_VALUES, ids=[" ".join(args) for args, _ in BAD_VALUES])
-def test_bad_option_values_are_one_line_naming_the_option_and_what_is_allowed(args, expected):
+def test_bad_option_values_are_one_line_naming_the_option_and_what_is_allowed(args, expected, capsys):
+    line = error_line(run_main(capsys, *args))
+    for text in expected:
+        assert text in line
+
+
+def test_a_bad_option_value_is_one_line_and_exit_status_2_from_the_process():
+    args, expected = BAD_VALUES[0]
     line = error_line(run_cli(*args))
     for text in expected:
         assert text in line
@@ -86,18 +108,18 @@ def test_an_unreachable_hub_is_found_out_at_once_without_hf_hub_offline(tmp_path
     assert "http://127.0.0.1:9 did not answer" in line and all(name in line for name in OFFLINE_NAMES)
 
 
-def test_a_folder_of_an_unsupported_model_type_gets_the_layout_error(tmp_path):
+def test_a_folder_of_an_unsupported_model_type_gets_the_layout_error(tmp_path, capsys):
     config = AutoConfig.for_model(
         "gpt_neox", vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    line = error_line(run_cli("--model", str(tmp_path)))
+    line = error_line(run_main(capsys, "--model", str(tmp_path)))
     assert "argument --model: model type 'gpt_neox'" in line
     assert "not supported; supported model types: gpt2, llama, mistral, qwen2" in line
 
 
-def test_a_folder_without_a_model_says_so(tmp_path):
-    line = error_line(run_cli("--model", str(tmp_path)))
+def test_a_folder_without_a_model_says_so(tmp_path, capsys):
+    line = error_line(run_main(capsys, "--model", str(tmp_path)))
     assert f"argument --model: folder {tmp_path} holds no saved model (no config.json)" in line
 
 
