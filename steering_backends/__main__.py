@@ -303,8 +303,9 @@ def _spec(steering: _Steering, model: Any, tokenizer: Any, x_vector: bool) -> tu
     what = f"block {steering.layer} {steering.site}, coeff {steering.coeff:g}"
     if x_vector:
         space = tokenizer(" ", add_special_tokens=False)["input_ids"][0]  # the original pads with spaces
+        plus, minus = steering.plus, steering.minus
         spec = make_x_vector(
-            model, tokenizer, steering.plus, steering.minus, steering.coeff, steering.layer, steering.site, space
+            model, tokenizer, plus, minus, steering.coeff, steering.layer, steering.site, pad_token_id=space
         )
         return spec, f"x-vector {steering.plus!r} - {steering.minus!r}, {what}"
     bos = tokenizer.bos_token or ""

@@ -70,9 +70,10 @@ def png_width(src: str) -> int:
     return int.from_bytes(png[16:20], "big") if png[:8] == b"\x89PNG\r\n\x1a\n" else 0
 
 
-def is_table(output: nbformat.NotebookNode) -> bool:
+def tables_in(output: nbformat.NotebookNode) -> int:
+    """How many tables one saved output holds (an HTML or Markdown output may hold several)."""
     data = output.get("data", {})
-    return "<table" in data.get("text/html", "") or bool(PIPE_TABLE.search(data.get("text/markdown", "")))
+    return data.get("text/html", "").count("<table") + len(PIPE_TABLE.findall(data.get("text/markdown", "")))
 
 
 def problems(notebook: nbformat.NotebookNode, html: str, figures: int = 0, tables: int = 0) -> list[str]:
@@ -114,10 +115,10 @@ def problems(notebook: nbformat.NotebookNode, html: str, figures: int = 0, table
         found.append(f"the page shows {len(images)} images, the notebook saved {len(saved_images)}")
     if len(images) < figures:
         found.append(f"the page shows {len(images)} plots; this notebook teaches with {figures}")
-    saved_tables = [o for c in notebook.cells for o in c.get("outputs", []) if is_table(o)]
+    saved_tables = sum(tables_in(o) for c in notebook.cells for o in c.get("outputs", []))
     html_tables = page.select(".jp-OutputArea-output table")
-    if len(html_tables) != len(saved_tables):
-        found.append(f"the page shows {len(html_tables)} output tables, the notebook saved {len(saved_tables)}")
+    if len(html_tables) != saved_tables:
+        found.append(f"the page shows {len(html_tables)} output tables, the notebook saved {saved_tables}")
     if len(html_tables) < tables:
         found.append(f"the page shows {len(html_tables)} output tables; this notebook shows {tables} comparisons")
     return found

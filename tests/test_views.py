@@ -179,8 +179,8 @@ def test_lens_heatmaps_render(gpt2_tiny, tokenizer, metric):
 def test_compare_command(capsys):
     main(["compare", "--model", "tiny-gpt2-random", "--layer", "2", "--coeff", "8", "-n", "2", "--max-new-tokens", "5"])
     out = capsys.readouterr().out
-    assert "x-vector 'Love' - 'Hate', layer 2 resid_pre, coeff 8.0" in out
-    assert out.count("I hate you because") == 4 and "| steered" in out and "mean sentiment (VADER)" in out
+    assert "steered: x-vector 'Love' - 'Hate', block 2 resid_pre, coeff 8" in out
+    assert out.count("Last week my sister told me that") == 4 and "| steered" in out and "mean sentiment (VADER)" in out
 
 
 def test_top_p_keeps_exactly_what_hfs_sorting_warper_keeps():
