@@ -55,7 +55,7 @@ def pytest_configure(config):
 
 # The longest groups start first, so that the many short ones fill the other worker meanwhile
 # (a worker takes the next group in this order when it is almost out of work).
-FIRST = ("tests/test_parity.py[gpt2-xl-random]", LENS_GROUP, "tests/test_properties.py", "tests/test_where_it_holds.py")
+FIRST = ("tests/test_parity.py[gpt2-xl-random]", LENS_GROUP, "tests/test_where_it_holds.py")
 
 
 def _group(item) -> str:

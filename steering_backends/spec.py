@@ -24,6 +24,7 @@ import functools
 import gc
 import math
 import sys
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -209,15 +210,34 @@ def _compiling_without_hook_guards() -> bool:
     return "torch._dynamo" in sys.modules and sys.modules["torch._dynamo"].config.skip_nnmodule_hook_guards
 
 
+# Every module torch.compile has wrapped (as the submodule "_orig_mod" of an OptimizedModule):
+# noted when the wrapper registers it, so that the check below costs nothing per steer block.
+_compile_wrapped: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+_looked_for_earlier_wrappers: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def _note_compile_wrapper(parent: torch.nn.Module, name: str, submodule: Any) -> None:
+    if name == "_orig_mod" and isinstance(submodule, torch.nn.Module):
+        _compile_wrapped.add(submodule)
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_note_compile_wrapper)
+
+
 def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
     """RuntimeError if one of ``modules`` was compiled (``torch.compile(module)`` or ``module.compile()``)
     while dynamo ignores hooks: the compiled code would never run the hooks a steer block adds."""
     if not _compiling_without_hook_guards():
         return
+    unseen = [m for m in modules if m not in _looked_for_earlier_wrappers]
+    if unseen:  # wrapped before this file was imported: one scan of the collector's objects, once per module
+        ids = {id(m) for m in unseen}
+        for referrer in gc.get_referrers(*unseen):
+            if isinstance(referrer, dict) and id(referrer.get("_orig_mod")) in ids:
+                _compile_wrapped.add(referrer["_orig_mod"])
+        _looked_for_earlier_wrappers.update(unseen)
     for module in modules:
-        # torch.compile(module) keeps it as the submodule "_orig_mod" of an OptimizedModule.
-        wrapped = any(isinstance(d, dict) and d.get("_orig_mod") is module for d in gc.get_referrers(module))
-        if wrapped or getattr(module, "_compiled_call_impl", None) is not None:
+        if module in _compile_wrapped or getattr(module, "_compiled_call_impl", None) is not None:
             raise RuntimeError(UNGUARDED_COMPILE.format(what=f"{type(module).__name__} unsteered"))
 
 

@@ -4,8 +4,12 @@ Hypothesis draws one to three specs (site, layer of either sign, 1-D or 2-D, sta
 coeff, all batch rows or some) and a left-padded batch of random token ids. Every backend
 must give the reference's logits (within RELATIVE_TOLERANCES of their scale) and, with the KV
 cache, the greedy tokens and step logits of no-cache decoding; with per-row specs, each row's
-logits must be those of the row run alone with the specs that steer it. Runs on the GPT-2
-small shape; derandomized, so CI sees the same examples every run.
+logits must be those of the row run alone with the specs that steer it. Derandomized, so CI sees
+the same examples every run.
+
+Runs on the tiny GPT-2 and tiny Llama shapes (learned positions; rotary positions and a Llama
+decoder): what these properties exercise is the spec's arithmetic, positions and rows, which do
+not depend on width; the GPT-2 small, GPT-2-XL and SmolLM2 shapes run the parity suite's cases.
 """
 
 from __future__ import annotations
@@ -32,15 +36,17 @@ from steering_backends.parity import (
     tolerance,
 )
 
-N_LAYERS, D_MODEL, VOCAB = 12, 768, 50257
+MODELS = ("tiny-gpt2-random", "tiny-llama-random")
+N_LAYERS, D_MODEL, VOCAB = 4, 64, 50257  # both models' shape (steering_backends.settings.RANDOM_CONFIGS)
 N_NEW = 2
 MIN_LEN, MAX_LEN = 4, 6
-EXAMPLES = 200
+EXAMPLES = 150  # per model
 
 
-@pytest.fixture(scope="module")
-def runners():
-    model, tokenizer = random_model("gpt2-random"), gpt2_tokenizer()
+@pytest.fixture(scope="module", params=MODELS)
+def runners(request):
+    model, tokenizer = random_model(request.param), gpt2_tokenizer()
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (N_LAYERS, D_MODEL)
     scale = residual_rms(model, *left_pad(tokenizer, PROMPTS)) / 4  # as in the parity suite
     runners, _ = make_runners(model, tokenizer)
     return runners, scale

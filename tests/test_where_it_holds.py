@@ -227,6 +227,32 @@ def test_compiled_model_steered_inside_unsteered_after_or_refused(fresh_dynamo, 
     assert not torch.allclose(steered, unsteered, atol=1e-3)  # the check can fail
 
 
+COMPILED_BEFORE_IMPORT = """
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))
+compiled = torch.compile(model, backend="eager")  # before steering_backends is imported
+from steering_backends import SteeringSpec, pytorch_hooks
+
+try:
+    with pytorch_hooks.steer(model, [SteeringSpec(0, "resid_pre", torch.ones(16))]):
+        pass
+except RuntimeError as error:
+    print("refused:", error)
+"""
+
+
+def test_a_model_compiled_before_the_package_was_imported_is_refused_too():
+    """The hook backends note every torch.compile wrapper made after spec.py is imported; one made
+    before is found by looking through the garbage collector's objects at the first steer block."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", COMPILED_BEFORE_IMPORT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "skip_nnmodule_hook_guards = False" in done.stdout, done.stdout
+
+
 # --- blocks left out of order --------------------------------------------------------------------
 
 
