@@ -51,7 +51,8 @@ def real_gpt2_xl():
 # layout (layout.LAYOUTS) and differ only in the TransformerLens bridge's adapter and nnsight's
 # module names, which every site, layer 0, the last layer, a negative index, a 2-D vector with
 # start > 0 and two sites at once reach; the GPT-2 small shape is GPT-2's layout again, and
-# tests/test_properties.py draws 200 random spec lists on it through every backend. The cases left
+# tests/test_properties.py draws 150 random spec lists on each tiny GPT-2 and Llama through every
+# backend. The cases left
 # out there (two specs on one site or block, start on a 1-D vector, 3 rows) exercise spec and hook
 # code that no layout changes, and 2-D 3 rows runs in every model's padded-batch check.
 REPRESENTATIVE = (
