@@ -34,6 +34,9 @@ Design:
       not in the module; see the first point); an edit that runs at every call of an unknown
       number of calls without a loop whose end is an error; and a traced body that starts with
       `try:` (nnsight intercepts the body at its first line), hence the statement above it below.
+    * Not for threads or gradient checkpointing: nnsight runs are not thread-safe (run them one at
+      a time, e.g. under a lock), and a checkpointed block is recomputed during backward, outside
+      the run (refused when the block is entered).
 
 Gotchas:
     * Wrapping instruments every module for good (an nnsight controller in each module's
@@ -99,6 +102,12 @@ def steer(lm: Envoy, specs: Iterable[SteeringSpec]) -> Iterator[Envoy]:
     hf = lm._module
     layout = layout_of(hf)
     plan = SteeringPlan(specs, *dims(hf))
+    if hf.training and getattr(hf, "is_gradient_checkpointing", False):
+        raise ValueError(
+            "gradient checkpointing is on in train() mode: its recompute runs during backward, outside nnsight's "
+            "run, so it would not be steered (torch then fails with a CheckpointError); disable it with "
+            "gradient_checkpointing_disable(), or steer with pytorch_hooks"
+        )
     for name in [layout.decoder] + [site_module_name(layout, layer, site) for layer, site in plan.sites]:
         get_module(hf, name)  # resolve every name before the edit exists
     decoder = lm.get(layout.decoder)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .layout import get_module, layout_of
-from .spec import SteeringPlan, SteeringSpec
+from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["bridge_from_hf", "steer"]
 
@@ -75,6 +75,7 @@ def steer(bridge: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[to
     """Steer a TransformerBridge inside the block; our hooks are removed on exit, even on error."""
     plan = SteeringPlan(specs, bridge.cfg.n_layers, bridge.cfg.d_model)
     decoder = get_module(bridge.original_model, layout_of(bridge.original_model).decoder)
+    refuse_unguarded_compile(bridge, decoder)  # a bridge compiled before the block would ignore our hooks
     hook_points = [(bridge.hook_dict[f"blocks.{layer}.hook_{site}"], layer, site) for layer, site in plan.sites]
 
     with contextlib.ExitStack() as stack:
@@ -86,6 +87,7 @@ def steer(bridge: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[to
             lambda m, args, kwargs, output: plan.end_call(kwargs), with_kwargs=True, always_call=True
         )
         stack.callback(handle.remove)
+        stack.enter_context(plan.recompute_in_call(bridge))  # gradient checkpointing replays under its call
         for hook_point, layer, site in hook_points:
             # activation: [batch, pos, d_model]. A new tensor, not an in-place add:
             # the original may be saved for backward or read elsewhere.

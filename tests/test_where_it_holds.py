@@ -7,6 +7,7 @@ hold somewhere is shown refusing with a clear error, never silently wrong.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 
@@ -366,3 +367,273 @@ def test_bias_editing_refuses_train_mode_with_dropout():
         with backend("bias_editing").steer(model, position_free()):
             pass
     assert_unchanged(before, model)
+
+
+# --- TransformerLens and nnsight -----------------------------------------------------------------
+# Both steer an object built around the HF model (a TransformerBridge, an nnsight model): each gets
+# its own copy of the tiny model, built once.
+
+
+@pytest.fixture(scope="session")
+def bridge(model):
+    if why := unavailable("transformer_lens_hooks"):
+        pytest.skip(why)
+    from steering_backends.models import gpt2_tokenizer
+    from steering_backends.transformer_lens_hooks import bridge_from_hf
+
+    bridge = bridge_from_hf(model, gpt2_tokenizer())
+    lens_logits(bridge, *batch([3], 3, seed=0))  # the bridge adds hooks of its own at its first call
+    return bridge
+
+
+@pytest.fixture(scope="session")
+def lm(model):
+    if why := unavailable("nnsight_trace"):
+        pytest.skip(why)
+    from steering_backends.models import gpt2_tokenizer
+    from steering_backends.nnsight_trace import nnsight_from_hf
+
+    return nnsight_from_hf(model, gpt2_tokenizer())
+
+
+def lens_logits(bridge, ids, mask) -> torch.Tensor:
+    return bridge(ids, attention_mask=mask)
+
+
+def nnsight_logits(lm, ids, mask, **kwargs) -> torch.Tensor:
+    return lm.trace(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), trace=False, **kwargs).logits
+
+
+def concurrent_outputs(run, inputs, n_calls: int = 12, lock=None):
+    """Two threads, started together, each calling ``run(*inputs[i])`` n_calls times (under ``lock``,
+    if given): ([outputs of thread 0, of thread 1], errors)."""
+    got, errors, start = [[], []], [], threading.Barrier(2)
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            for _ in range(n_calls):
+                with lock or contextlib.nullcontext():
+                    got[i].append(run(*inputs[i]))
+        except Exception as err:  # noqa: BLE001 - reported by the caller
+            errors.append((i, err))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return got, errors
+
+
+def test_transformer_lens_serves_concurrent_calls_in_one_block(bridge):
+    """The bridge's hook points run inside the wrapped decoder's call, so positions come from that
+    call's ContextVar: two threads, 2 and 3 rows, different padding, every output bitwise its own."""
+    from steering_backends.transformer_lens_hooks import steer
+
+    inputs = [batch([6, 4], 6, seed=0), batch([3, 7, 5], 7, seed=1)]
+    with steer(bridge, position_dependent()):
+        want = [lens_logits(bridge, ids, mask) for ids, mask in inputs]
+        got, errors = concurrent_outputs(lambda ids, mask: lens_logits(bridge, ids, mask), inputs)
+    assert not errors, errors
+    assert all(len(got[i]) == 12 and all(torch.equal(out, want[i]) for out in got[i]) for i in range(2))
+    assert not torch.equal(lens_logits(bridge, *inputs[0]), want[0])
+
+
+def test_nnsight_runs_from_two_threads_are_steered_right_one_at_a_time(lm):
+    """nnsight runs are not thread-safe (unsteered too: nnsight raises "parent cannot be on a different
+    thread" when two overlap), so the docs say: one run at a time. Under a lock, two threads inside
+    one block each get their own positions, bitwise."""
+    from steering_backends.nnsight_trace import steer
+
+    inputs = [batch([6, 4], 6, seed=0), batch([3, 7, 5], 7, seed=1)]
+    with steer(lm, position_dependent()):
+        want = [nnsight_logits(lm, ids, mask) for ids, mask in inputs]
+        got, errors = concurrent_outputs(lambda ids, mask: nnsight_logits(lm, ids, mask), inputs, 6, threading.Lock())
+    assert not errors, errors
+    assert all(len(got[i]) == 6 and all(torch.equal(out, want[i]) for out in got[i]) for i in range(2))
+    assert not torch.equal(nnsight_logits(lm, *inputs[0]), want[0])
+
+
+def test_transformer_lens_gradient_is_the_same_with_and_without_checkpointing(bridge):
+    """Gradient checkpointing enabled on the wrapped HF model recomputes the bridge's blocks under
+    the call that ran them: the vector's gradient is the same (1e-5 relative, as for the hooks).
+    The bridge draws random numbers in train() mode on GPT-2 even with dropout at 0, so every run
+    starts from one seed (checkpointing replays the RNG state it saw)."""
+    from steering_backends.transformer_lens_hooks import steer
+
+    def gradient(checkpointing: bool, accumulate: bool) -> torch.Tensor:
+        vector = (4 * vec(5)).requires_grad_()
+        specs = [SteeringSpec(1, "attn_out", vector, start=2), SteeringSpec(2, "mlp_out", vector, start=1)]
+        bridge.train()
+        if checkpointing:
+            bridge.original_model.gradient_checkpointing_enable()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.enable_grad(), steer(bridge, specs):
+                torch.manual_seed(0)
+                batches = (batch([6, 3], 6, seed=2), batch([4, 6], 6, seed=3))
+                losses = [lens_logits(bridge, ids, mask).pow(2).mean() for ids, mask in batches]
+                if accumulate:
+                    sum(losses).backward()
+                else:
+                    for loss in losses:
+                        loss.backward()
+        finally:
+            if checkpointing:
+                bridge.original_model.gradient_checkpointing_disable()
+            bridge.eval()
+        return vector.grad
+
+    reference = gradient(False, False)
+    assert reference.norm() > 0
+    for checkpointing, accumulate in ((False, True), (True, False), (True, True)):
+        gap = (gradient(checkpointing, accumulate) - reference).abs().max() / reference.abs().max()
+        assert gap <= 1e-5, f"checkpointing={checkpointing}, accumulate={accumulate}: relative gap {gap:.2e}"
+
+
+def test_nnsight_refuses_gradient_checkpointing(lm):
+    """A checkpointed block is recomputed during backward, outside nnsight's run, so unsteered: the
+    block refuses it on entry, naming the fix, and leaves the model as it was."""
+    from steering_backends.nnsight_trace import steer
+
+    hf = lm._module
+    hf.train()
+    hf.gradient_checkpointing_enable()
+    try:
+        before = snapshot(lm)
+        with pytest.raises(ValueError, match=r"gradient checkpointing is on.*gradient_checkpointing_disable"):
+            with steer(lm, position_dependent()):
+                pass
+        assert_unchanged(before, lm)
+    finally:
+        hf.gradient_checkpointing_disable()
+        hf.eval()
+
+
+def test_a_compiled_bridge_is_refused_with_the_fix(fresh_dynamo, monkeypatch, model):
+    """TransformerLens hook points are module hooks: a bridge compiled before the block would run
+    without them, so the block refuses it, as pytorch_hooks does."""
+    if why := unavailable("transformer_lens_hooks"):
+        pytest.skip(why)
+    from steering_backends.models import gpt2_tokenizer
+    from steering_backends.transformer_lens_hooks import bridge_from_hf, steer
+
+    monkeypatch.setattr(fresh_dynamo.config, "skip_nnmodule_hook_guards", True)
+    bridge = bridge_from_hf(model, gpt2_tokenizer())
+    torch.compile(bridge, backend="eager")
+    with pytest.raises(RuntimeError, match="skip_nnmodule_hook_guards = False"):
+        with steer(bridge, position_dependent()):
+            pass
+
+
+@pytest.mark.skipif(TRANSFORMERS_4, reason="compiled on the first leg's torch and transformers")
+def test_an_nnsight_model_compiled_before_the_block_is_steered_inside_unsteered_after(fresh_dynamo, monkeypatch):
+    """nnsight intercepts module calls in a way dynamo traces (and guards): after model.compile(),
+    runs through nnsight are steered inside the block (1e-5 of eager) and unsteered after."""
+    if why := unavailable("nnsight_trace"):
+        pytest.skip(why)
+    from steering_backends.models import gpt2_tokenizer
+    from steering_backends.nnsight_trace import nnsight_from_hf, steer
+
+    # nnsight's wrappers make dynamo recompile the same frames many times; past 2 versions of a frame
+    # it runs that frame eagerly (correct either way; the default limit of 8 takes a minute here).
+    monkeypatch.setattr(fresh_dynamo.config, "recompile_limit", 2)
+    model = random_model("tiny-llama-random")
+    lm = nnsight_from_hf(model, gpt2_tokenizer(), copy_model=False)
+    ids, mask = batch([6, 4], 6, seed=5)
+    specs = position_dependent()
+    unsteered = nnsight_logits(lm, ids, mask)
+    with steer(lm, specs):
+        steered = nnsight_logits(lm, ids, mask)
+    graphs = fresh_dynamo.utils.counters["stats"]["unique_graphs"]
+    model.compile(backend="eager")
+    assert torch.allclose(nnsight_logits(lm, ids, mask), unsteered, atol=1e-5)
+    with steer(lm, specs):
+        assert torch.allclose(nnsight_logits(lm, ids, mask), steered, atol=1e-5)
+    assert torch.allclose(nnsight_logits(lm, ids, mask), unsteered, atol=1e-5)
+    assert fresh_dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # it was compiled
+    assert not torch.allclose(steered, unsteered, atol=1e-3)
+
+
+@pytest.mark.parametrize("which", ["transformer_lens_hooks", "nnsight_trace"])
+def test_lens_and_nnsight_blocks_left_out_of_order(request, model, which):
+    """Enter A, enter B, leave A: what is left is B alone, bitwise; after B, as before."""
+    wrapped = request.getfixturevalue("bridge" if which == "transformer_lens_hooks" else "lm")
+    run = lens_logits if which == "transformer_lens_hooks" else nnsight_logits
+    steer = backend(which).steer
+    ids, mask = batch([6, 4], 6, seed=6)
+    b = [SteeringSpec(2, "attn_out", 4 * vec(7)), SteeringSpec(1, "resid_pre", 4 * vec(8))]
+    before = snapshot(wrapped)
+    unsteered = run(wrapped, ids, mask)
+    with steer(wrapped, b):
+        b_alone = run(wrapped, ids, mask)
+    outer, inner = steer(wrapped, position_dependent()), steer(wrapped, b)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    only_b = run(wrapped, ids, mask)
+    inner.__exit__(None, None, None)
+    assert_unchanged(before, wrapped)
+    assert torch.equal(run(wrapped, ids, mask), unsteered)
+    assert torch.equal(only_b, b_alone) and not torch.equal(b_alone, unsteered)
+
+
+def test_transformer_lens_wrapped_model_takes_inputs_embeds(model, bridge):
+    """The bridge's forward takes token ids only; the HF model it wraps, called with inputs_embeds,
+    is steered at every site (resid_pre of block 0 included) bitwise as the bridge is with ids."""
+    from steering_backends.transformer_lens_hooks import steer
+
+    ids, mask = batch([6, 4], 6, seed=7)
+    hf = bridge.original_model
+    with steer(bridge, [SteeringSpec(0, "resid_pre", 4 * vec(9), start=1), *position_dependent()]):
+        with_ids = lens_logits(bridge, ids, mask)
+        embeds = hf.get_input_embeddings()(ids)
+        with_embeds = hf(inputs_embeds=embeds, attention_mask=mask, position_ids=hf_positions(mask)).logits
+    assert torch.equal(with_embeds, with_ids)
+    assert not torch.equal(with_ids, lens_logits(bridge, ids, mask))
+
+
+def test_nnsight_inputs_embeds_static_cache_and_hidden_states(model, lm):
+    """Through nnsight: inputs_embeds steer as input_ids do (bitwise); a static cache decodes the
+    dynamic cache's 8 greedy tokens, steered; output_hidden_states shows the steered stream (nnsight
+    replaces the block's output before transformers records it), as bias editing's does (1e-4 of
+    the scale, its parity tolerance, at real tokens)."""
+    from steering_backends.nnsight_trace import steer
+
+    ids, mask = batch([6, 3], 6, seed=9)
+    specs = [SteeringSpec(0, "resid_pre", 4 * vec(9), start=1), *position_dependent()]
+    embeds = model.get_input_embeddings()(ids)
+    with steer(lm, specs):
+        with_ids = nnsight_logits(lm, ids, mask)
+        with_embeds = lm.trace(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=hf_positions(mask), trace=False
+        ).logits
+    assert torch.equal(with_embeds, with_ids) and not torch.equal(with_ids, nnsight_logits(lm, ids, mask))
+
+    if not TRANSFORMERS_4:  # nnsight's padded generate there: see helpers.py
+        kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+        with steer(lm, position_dependent()):
+            dynamic = lm.generate(ids, **kwargs)
+            static = lm.generate(ids, cache_implementation="static", **kwargs)
+        assert static.tolist() == dynamic.tolist()
+        assert lm.generate(ids, cache_implementation="static", **kwargs).tolist() != static.tolist()
+
+    specs = [SteeringSpec(1, "resid_post", 4 * vec(10)), SteeringSpec(2, "attn_out", 4 * vec(11))]
+
+    def nnsight_hidden_states() -> tuple[torch.Tensor, ...]:
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)
+        return lm.trace(**inputs, trace=False).hidden_states
+
+    unsteered = nnsight_hidden_states()
+    with backend("bias_editing").steer(model, specs):
+        reference = hidden_states(model, ids, mask)
+    with steer(lm, specs):
+        got = nnsight_hidden_states()
+    scale, real = max(h.abs().max() for h in reference), mask.bool()
+    assert all((g - r)[real].abs().max() <= 1e-4 * scale for g, r in zip(got, reference, strict=True))
+    assert not torch.allclose(got[2][real], unsteered[2][real], atol=1e-3)
