@@ -35,8 +35,9 @@ So ``direction.N`` is our ``resid_post`` of block N, i.e. ``resid_pre`` of block
 
 What the format cannot hold, save_control_vector refuses: any op but "add" (llama.cpp only adds),
 an [n, d_model] vector, ``start > 0``, ``attn_out`` / ``mlp_out``, and anything that would be
-``direction.0`` (``resid_post`` of block 0, ``resid_pre`` of blocks 0 and 1). Coefficients are folded into the stored direction, and specs on
-one block are summed, so a file loads back as one ``coeff=1`` spec per block.
+``direction.0`` (``resid_post`` of block 0, ``resid_pre`` of blocks 0 and 1). Coefficients are
+folded into the stored direction, and specs on one block are summed, so a file loads back as one
+``coeff=1`` spec per block.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     with steer(model, ablate_everywhere(direction, n_layers=model.config.num_hidden_layers)):
         tokens = model.generate(input_ids, max_new_tokens=20)   # no per-token overhead
 
-Removing u = v / |v| from what a linear map writes is
+Removing u = v / norm(v) from what a linear map writes is
 itself linear, so op="ablate" folds into the weight that writes, as an addition folds into a
 bias (bias_editing.py). With P = I - u u^T:
     attn_out of block L    -> attention output projection: W <- P W, bias b <- P b
