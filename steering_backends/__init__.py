@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .spec import SITES, SteeringPlan, SteeringSpec
 
-__all__ = ["BACKENDS", "SITES", "SteeringPlan", "SteeringSpec", "backend"]
+__all__ = ["ABLATION_BACKENDS", "BACKENDS", "SITES", "SteeringPlan", "SteeringSpec", "backend"]
 
 # Module names of the backends; each has steer(model, specs). transformer_lens_hooks takes a bridge,
 # nnsight_trace an nnsight model.
@@ -26,13 +26,15 @@ BACKENDS = (
     "bias_editing",
     "nnsight_trace",
 )
+# Backends for one op only, so not in BACKENDS, whose every backend takes every addition; the same steer(model, specs).
+ABLATION_BACKENDS = ("weight_orthogonalisation",)  # op="ablate" at the weights that write into the stream
 _FROM_SPEC = ("SITES", "SteeringPlan", "SteeringSpec")
 
 
 def backend(name: str) -> ModuleType:
     """Import one backend module by name (lazily: baukit and TransformerLens are optional)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend {name!r} is unknown; allowed: {', '.join(BACKENDS)}")
+    if name not in BACKENDS + ABLATION_BACKENDS:
+        raise ValueError(f"backend {name!r} is unknown; allowed: {', '.join(BACKENDS + ABLATION_BACKENDS)}")
     return importlib.import_module(f"{__name__}.{name}")
 
 

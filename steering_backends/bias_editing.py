@@ -9,7 +9,7 @@ A constant added to a sublayer's output is a constant added to its last bias:
     resid_pre of block L > 0  -> same as resid_post of block L - 1
     resid_pre of block 0      -> every row of the position-embedding table (refused on rotary
                                  models, which have none)
-Only position-independent specs fit (1-D vector, start=0). Padding tokens are
+Only position-independent additions fit (op="add", 1-D vector, start=0). Padding tokens are
 steered too, which does not matter: attention never reads them.
 Existing parameters are edited in place and restored bitwise on exit, even on error.
 A projection with no bias (Llama's o_proj and down_proj) gets one for the duration,
@@ -61,6 +61,11 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     layout = layout_of(model)
     plan = SteeringPlan(specs, *dims(model))
     for i, spec in enumerate(plan.specs):
+        if spec.op != "add":
+            raise ValueError(
+                f"specs[{i}].op={spec.op!r}: a bias can only add; allowed: 'add'. To remove a direction without "
+                "hooks use weight_orthogonalisation (op='ablate'), otherwise a hook backend"
+            )
         if spec.per_position or spec.start != 0:
             raise ValueError(
                 f"specs[{i}] is position-dependent (vector shape {tuple(spec.vector.shape)}, start={spec.start}); "

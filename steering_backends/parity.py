@@ -69,6 +69,11 @@ RELATIVE_TOLERANCES = {
     "transformer_lens_hooks": 1e-4,
     "bias_editing": 1e-4,
     "nnsight_trace": 0.0,
+    # Hooks remove u from each sublayer's output, the weights make outputs without it: rounding
+    # differs. Measured against pytorch_hooks ablating everywhere (float32, CPU, 4 directions each):
+    # largest relative gaps 4.4e-7 (tiny GPT-2, tiny Llama) and 5.1e-6 (SmolLM2); the mistake of
+    # ablating with coeff 0.99 instead of 1: at least 1.8e-3. 1e-4: 20x above, 18x below.
+    "weight_orthogonalisation": 1e-4,
 }
 # One backend, two matmul shapes: cached decoding vs one forward over the whole sequence, a
 # padded row vs the prompt alone. Largest relative gaps measured by the parity suite
@@ -223,13 +228,25 @@ def parity_cases(n_layers: int, d_model: int, seed: int = 0, scale: float = 1.0)
 
 
 def supports(runner: Runner, specs: list[SteeringSpec]) -> bool:
-    """Bias editing takes only position-independent specs on every row, and resid_pre of
-    block 0 only where a position table can absorb it; the other backends take every spec."""
+    """Bias editing takes only position-independent additions on every row, and resid_pre of
+    block 0 only where a position table can absorb it; weight orthogonalisation only whole
+    ablations where one weight writes (decided from the specs alone, so an addition case skips it
+    without building anything); the other backends take every spec."""
+    if runner.name == "weight_orthogonalisation":
+        return all(
+            s.op == "ablate"
+            and s.coeff == 1
+            and s.start == 0
+            and s.rows is None
+            and (s.site in ("attn_out", "mlp_out") or (s.layer, s.site) == (0, "resid_pre"))
+            for s in specs
+        )
     if runner.name != "bias_editing":
         return True
     has_position_table = layout_of(runner.model).pos_embed is not None
     return all(
-        not s.per_position
+        s.op == "add"
+        and not s.per_position
         and s.start == 0
         and s.rows is None
         and (has_position_table or (s.layer, s.site) != (0, "resid_pre"))

@@ -33,10 +33,11 @@ So ``direction.N`` is our ``resid_post`` of block N, i.e. ``resid_pre`` of block
 ``repeng/control.py`` ``ControlModule``) agrees: its ``directions[N]`` is added to the output of
 ``model.model.layers[N]`` and is written as ``direction.N`` (``layer_count`` as UINT32 there).
 
-What the format cannot hold, save_control_vector refuses: an [n, d_model] vector, ``start > 0``,
-``attn_out`` / ``mlp_out``, and anything that would be ``direction.0`` (``resid_post`` of block 0,
-``resid_pre`` of blocks 0 and 1). Coefficients are folded into the stored direction, and specs on
-one block are summed, so a file loads back as one ``coeff=1`` spec per block.
+What the format cannot hold, save_control_vector refuses: any op but "add" (llama.cpp only adds),
+an [n, d_model] vector, ``start > 0``, ``attn_out`` / ``mlp_out``, and anything that would be
+``direction.0`` (``resid_post`` of block 0, ``resid_pre`` of blocks 0 and 1). Coefficients are
+folded into the stored direction, and specs on one block are summed, so a file loads back as one
+``coeff=1`` spec per block.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def _write_atomically(path: str | os.PathLike, write: Any) -> None:
 def _control_vector_block(i: int, spec: SteeringSpec, n_layers: int | None) -> int:
     """The N of direction.N that holds ``spec``, or ValueError saying why it has none."""
     where = f"specs[{i}] (layer={spec.layer}, site={spec.site!r})"
+    if spec.op != "add":
+        raise ValueError(f"{where} has op={spec.op!r}; llama.cpp only adds a control vector, so allowed: op='add'")
     if spec.per_position:
         raise ValueError(
             f"{where} has an [n, d_model] vector of shape {tuple(spec.vector.shape)}; a llama.cpp control "
@@ -292,6 +295,8 @@ def save_specs(specs: Iterable[SteeringSpec], path: str | os.PathLike, *, model:
                 "dtype": dtype,
                 "shape": list(spec.vector.shape),
             }
+            # Written only when it is not "add": a file of additions stays the one every version reads.
+            | ({} if spec.op == "add" else {"op": spec.op})
         )
     _write(path, {"format": SPECS_FORMAT, "version": SPECS_VERSION, "model": info, "specs": entries}, tensors)
 
@@ -305,6 +310,7 @@ _ENTRY_TYPES = {
     "tensor": str,
     "dtype": str,
     "shape": list,
+    "op": str,
 }
 _MODEL_TYPES = {"name": str, "model_type": str, "n_layers": int, "d_model": int}
 
@@ -365,6 +371,7 @@ def load_specs(path: str | os.PathLike, model: torch.nn.Module | None = None) ->
         raise ValueError(f"{path} lists no specs")
     specs, used = [], set()
     for i, entry in enumerate(meta["specs"]):
+        entry = {"op": "add"} | entry  # files of additions have no "op"
         _check_fields(f"specs[{i}]", entry, _ENTRY_TYPES)
         tensor = tensors.get(entry["tensor"])
         if tensor is None:
@@ -376,7 +383,9 @@ def load_specs(path: str | os.PathLike, model: torch.nn.Module | None = None) ->
         used.add(entry["tensor"])
         try:
             specs.append(
-                SteeringSpec(entry["layer"], entry["site"], tensor, entry["coeff"], entry["start"], entry["rows"])
+                SteeringSpec(
+                    entry["layer"], entry["site"], tensor, entry["coeff"], entry["start"], entry["rows"], entry["op"]
+                )
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: specs[{i}]: {err}") from err

@@ -12,9 +12,11 @@ with one backend file.
 
 Contents:
     SITES          the four intercept points, in the order a block computes them
-    SteeringSpec   one addition (frozen dataclass, validated on construction)
+    OPS            what a spec does at its site: add, ablate or cap
+    SteeringSpec   one operation at one site (frozen dataclass, validated on construction)
     SteeringPlan   validated specs for one model; each decoder call's positions in a ContextVar
     token_positions  padding- and cache-aware position of every token in a call
+    ablate_everywhere  the specs that remove a direction wherever a weight writes into the stream
 """
 
 from __future__ import annotations
@@ -32,15 +34,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["SITES", "SteeringPlan", "SteeringSpec", "refuse_unguarded_compile", "token_positions"]
+__all__ = [
+    "OPS",
+    "SITES",
+    "SteeringPlan",
+    "SteeringSpec",
+    "ablate_everywhere",
+    "refuse_unguarded_compile",
+    "token_positions",
+]
 
 # TransformerLens's vocabulary: blocks.{layer}.hook_{site}.
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+# h: an activation [d_model]; v: the spec's vector; u = v / |v|; c: coeff.
+OPS = ("add", "ablate", "cap")  # h + c v;  h - c (h.u) u;  h - relu(h.u - c) u
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value
 class SteeringSpec:
-    """Add ``coeff * vector`` to the activations at one site of one block.
+    """Add ``coeff * vector`` to the activations at one site of one block, or remove a direction.
 
     layer:  block index; negative counts from the end (-1 is the last block).
     site:   "resid_pre" (block input), "resid_post" (block output),
@@ -53,6 +65,14 @@ class SteeringSpec:
             (True: steered), so one batch can mix steered and unsteered rows, or vectors.
             generate(num_return_sequences=k) and num_beams=k repeat each row k times in a
             row; row r's copies keep row r's flag.
+    op:     "add"    h + coeff * vector;
+            "ablate" h - coeff * (h.u) u, u = vector / |vector|: coeff 1 removes the component along u,
+                     0.5 halves it;
+            "cap"    h - relu(h.u - coeff) u: the component along u is at most coeff (coeff may be
+                     +inf, which changes nothing).
+            ablate and cap take one nonzero [d_model] direction.
+    Several specs at one site apply in the order given, each to the result of the one before
+    (additions alone commute; an ablation after an addition removes part of what was added).
     """
 
     layer: int
@@ -61,6 +81,7 @@ class SteeringSpec:
     coeff: float = 1.0
     start: int = 0
     rows: Sequence[bool] | None = None
+    op: str = "add"
 
     def __post_init__(self) -> None:
         if not isinstance(self.layer, int) or isinstance(self.layer, bool):
@@ -82,8 +103,21 @@ class SteeringSpec:
                 f"SteeringSpec.vector[{', '.join(map(str, bad))}] is {v[tuple(bad)].item()}; "
                 "only finite values are allowed (no NaN or inf)"
             )
-        if isinstance(self.coeff, bool) or not isinstance(self.coeff, (int, float)) or not math.isfinite(self.coeff):
+        if self.op not in OPS:
+            raise ValueError(f"SteeringSpec.op={self.op!r} is unknown; allowed: {', '.join(OPS)}")
+        if self.op != "add" and v.ndim != 1:
+            raise ValueError(
+                f"SteeringSpec.vector has shape {tuple(v.shape)}; op={self.op!r} takes one [d_model] direction"
+            )
+        if self.op != "add" and not bool(v.any()):
+            raise ValueError(f"SteeringSpec.vector is all zeros; op={self.op!r} needs a direction (a nonzero vector)")
+        infinite_cap = self.op == "cap" and self.coeff == math.inf
+        if isinstance(self.coeff, bool) or not isinstance(self.coeff, (int, float)):
             raise ValueError(f"SteeringSpec.coeff={self.coeff!r} must be a finite real number")
+        if not (math.isfinite(self.coeff) or infinite_cap):
+            raise ValueError(
+                f"SteeringSpec.coeff={self.coeff!r} must be a finite real number (op='cap' also takes +inf)"
+            )
         if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
             raise ValueError(f"SteeringSpec.start={self.start!r} must be an int >= 0")
         if self.rows is not None:
@@ -110,6 +144,22 @@ class SteeringSpec:
         wide = torch.promote_types(self.vector.dtype, dtype)
         return (self.coeff * self.vector.to(wide)).to(dtype=dtype, device=device)
 
+    def operand(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """What apply() combines with the activations: the addition for "add", else the unit
+        direction u [d_model], normalised in at least float32 (scaled by max |v| first, so the
+        norm of a tiny or huge vector neither underflows nor overflows), then cast once."""
+        if self.op == "add":
+            return self.addition(dtype, device)
+        v = self.vector.to(torch.promote_types(self.vector.dtype, torch.float32))
+        v = v / v.abs().max()
+        return (v / torch.linalg.vector_norm(v)).to(dtype=dtype, device=device)
+
+    def removed(self, hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """[B, T, D]: what "ablate" or "cap" takes away from hidden [B, T, D], given u [D]."""
+        along = (hidden @ unit).unsqueeze(-1)  # [B, T, 1]: h.u
+        amount = self.coeff * along if self.op == "ablate" else torch.relu(along - self.coeff)
+        return amount * unit
+
     def row_mask(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor | None:
         """[batch, 1, 1] True at the batch rows this spec steers; None when it steers them all.
 
@@ -133,13 +183,13 @@ class SteeringSpec:
         addition: torch.Tensor | None = None,
         row_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return hidden + this spec's addition.  hidden: [B, T, D], positions: [B, T].
+        """Return hidden with this spec's op applied where it steers.  hidden: [B, T, D], positions: [B, T].
 
-        ``addition`` and ``row_mask``: ``self.addition(hidden.dtype, hidden.device)`` and
+        ``addition`` and ``row_mask``: ``self.operand(hidden.dtype, hidden.device)`` and
         ``self.row_mask(B, hidden.device)``, when the caller has them already.
         """
         if addition is None:
-            addition = self.addition(hidden.dtype, hidden.device)
+            addition = self.operand(hidden.dtype, hidden.device)
         if row_mask is None:
             row_mask = self.row_mask(hidden.shape[0], hidden.device)
         positions = positions.to(hidden.device)  # read at the decoder's input; a no-op when already there
@@ -151,6 +201,8 @@ class SteeringSpec:
             addition = addition[row.clamp(0, addition.shape[0] - 1)]  # [B, T, D]
         if row_mask is not None:
             steered = steered & row_mask
+        if self.op != "add":
+            return hidden - self.removed(hidden, addition) * steered  # takes exactly 0 where not steered
         return hidden + addition * steered  # adds exactly 0 where not steered
 
 
@@ -330,9 +382,9 @@ class SteeringPlan:
         self.specs = specs
         self._needs_length_check = any(spec.per_position for spec in specs)
         self._row_specs = [(i, spec) for i, spec in enumerate(specs) if spec.rows is not None]
-        # coeff * vector per (spec, dtype, device), made on first use: once per steer block, not
-        # once per forward (the same for every call, so shared). A vector that requires grad is
-        # scaled afresh each time instead, so each forward has its own graph back to it.
+        # coeff * vector (ablate, cap: the unit direction) per (spec, dtype, device), made on first
+        # use: once per steer block, not once per forward (the same for every call, so shared). A
+        # vector that requires grad is scaled afresh each time, so each forward has its own graph to it.
         self._additions: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         # The call in force in this context: (_Call, the autograd graph task it may run in, or
         # None for any). One ContextVar per plan, so nested steer blocks keep their own.
@@ -451,20 +503,20 @@ class SteeringPlan:
                     "(with a chunked prefill, the first chunk is checked: make it at least that long)"
                 )
 
-    def _addition(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
+    def _operand(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
         if spec.vector.requires_grad:
-            return spec.addition(hidden.dtype, hidden.device)
+            return spec.operand(hidden.dtype, hidden.device)
         key = (id(spec), hidden.dtype, hidden.device)  # plan.specs keeps every spec, so ids stay unique
         if key not in self._additions:
-            self._additions[key] = spec.addition(hidden.dtype, hidden.device)
+            self._additions[key] = spec.operand(hidden.dtype, hidden.device)
         return self._additions[key]
 
     def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, T, D] plus every spec at (layer, site), summed in the order given."""
+        """hidden [B, T, D] with every spec at (layer, site) applied, in the order given."""
         call = self._call()
         for spec in self.by_site.get((layer, site), ()):
-            addition = self._addition(spec, hidden)
-            if spec.per_position or spec.start > 0 or spec.rows is not None:
+            addition = self._operand(spec, hidden)
+            if spec.op != "add" or spec.per_position or spec.start > 0 or spec.rows is not None:
                 rows = call.row_masks.get(id(spec))
                 hidden = spec.apply(hidden, call.positions, addition, None if rows is None else rows.to(hidden.device))
             elif (real := call.real_as(hidden)) is None:  # no mask: every token is real
@@ -479,3 +531,15 @@ class SteeringPlan:
         if isinstance(output, tuple):
             return (self.steer(layer, site, output[0]), *output[1:])
         return self.steer(layer, site, output)
+
+
+def ablate_everywhere(direction: torch.Tensor, n_layers: int) -> list[SteeringSpec]:
+    """Specs that remove ``direction`` [d_model] wherever a weight writes into the residual stream:
+    resid_pre of block 0 (the embeddings), then attn_out and mlp_out of every block."""
+    specs = [SteeringSpec(0, "resid_pre", direction, op="ablate")]
+    for layer in range(n_layers):
+        specs += [
+            SteeringSpec(layer, "attn_out", direction, op="ablate"),
+            SteeringSpec(layer, "mlp_out", direction, op="ablate"),
+        ]
+    return specs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import gguf
 import numpy as np
@@ -43,8 +44,8 @@ N_LAYERS = 4  # the tiny models' blocks (d_model 64)
 def same_spec(a: SteeringSpec, b: SteeringSpec) -> bool:
     """Every field equal, the vector bitwise and in the same dtype, coeff of the same type."""
     return (
-        (a.layer, a.site, a.coeff, type(a.coeff), a.start, a.rows)
-        == (b.layer, b.site, b.coeff, type(b.coeff), b.start, b.rows)
+        (a.layer, a.site, a.coeff, type(a.coeff), a.start, a.rows, a.op)
+        == (b.layer, b.site, b.coeff, type(b.coeff), b.start, b.rows, b.op)
         and a.vector.dtype == b.vector.dtype
         and torch.equal(a.vector, b.vector)
     )
@@ -154,6 +155,8 @@ CANNOT_EXPRESS = {
     "negative layer, no n_layers": (SteeringSpec(-1, "resid_post", torch.ones(64)), "pass n_layers"),
     "layer out of range": (SteeringSpec(4, "resid_post", torch.ones(64)), "layer must be in \\[-4, 3\\]"),
     "another width": (SteeringSpec(3, "resid_post", torch.ones(65)), "width 65"),
+    "ablate": (SteeringSpec(3, "resid_post", torch.ones(64), op="ablate"), "op='ablate'; llama.cpp only adds"),
+    "cap": (SteeringSpec(3, "resid_post", torch.ones(64), op="cap"), "op='cap'; .* allowed: op='add'"),
 }
 
 
@@ -257,6 +260,19 @@ def test_spec_file_round_trip_is_exact(tmp_path):
     # Without a model too, and from a file saved without one.
     save_specs(specs, tmp_path / "anon.safetensors", model=None)
     assert all(map(same_spec, specs, load_specs(tmp_path / "anon.safetensors")))
+
+
+def test_spec_file_keeps_the_op_and_a_file_without_one_loads_as_add(tmp_path):
+    specs = [
+        SteeringSpec(1, "attn_out", vec(1), op="ablate"),
+        SteeringSpec(1, "attn_out", vec(2), 0.5, op="cap"),
+        SteeringSpec(2, "mlp_out", vec(3), math.inf, op="cap"),
+        SteeringSpec(0, "resid_pre", vec(4), 2.0),
+    ]
+    save_specs(specs, tmp_path / "s.safetensors", model=None)
+    assert all(map(same_spec, specs, load_specs(tmp_path / "s.safetensors")))
+    write_meta(tmp_path / "old.safetensors", lambda meta, tensors: None)  # written as before op existed
+    assert load_specs(tmp_path / "old.safetensors")[0].op == "add"
 
 
 def test_spec_file_takes_one_vector_in_several_specs(tmp_path):
