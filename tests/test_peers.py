@@ -265,7 +265,7 @@ def test_steering_vectors_min_token_index_does_not_steer_generated_tokens(setup)
 # [SteeringSpec(L, site, v, 1.0, op="ablate")] and that followed by SteeringSpec(L, site, v, c).
 # Their h + delta and our (h - (h . u) u) + c v round differently: measured (float32, CPU,
 # transformers 4.57.6) max |Δlogit| over real tokens of 3e-7 of the logit scale on the tiny GPT-2
-# and 1.3e-6 on SmolLM2, for every hook backend; RELATIVE_ROUNDING (1e-4) leaves 75x headroom.
+# and 1e-6 on SmolLM2, for every hook backend; RELATIVE_ROUNDING (1e-4) leaves about 75x headroom.
 SV_OPERATORS = {
     "ablation_operator": lambda L, v, c: [SteeringSpec(L, "resid_post", v, 1.0, op="ablate")],
     "ablation_then_addition_operator": lambda L, v, c: [
