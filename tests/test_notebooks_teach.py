@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import html
 import re
 from pathlib import Path
 
@@ -73,3 +74,27 @@ def test_backend_notebooks_steer_with_the_vector_they_build(name):
     assert not ready_made, f"{name} takes a ready-made vector: {ready_made[0][:200]}"
     assert any("contrast_pairs.jsonl" in cell and "def mean_difference_spec" in cell for cell in cells)
     assert any("mean_difference_spec(21, 0.25)" in cell for cell in cells)  # what steers is what it built
+
+
+@pytest.mark.parametrize("name", ["00_overview", *BACKEND_NOTEBOOKS])
+def test_what_the_samples_show_quotes_the_saved_samples(name):
+    """Every quotation and score in a "What the samples show" cell is in the notebook's saved outputs,
+    so the prose cannot drift from the samples when the notebook is re-run."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    comments = [c.source for c in notebook.cells if c.cell_type == "markdown" and "What the samples show" in c.source]
+    assert comments, f"{name} has no comment on its samples"
+    outputs = html.unescape(
+        "".join(
+            output.get("text", "") + output.get("data", {}).get("text/html", "")
+            for cell in notebook.cells
+            if cell.cell_type == "code"
+            for output in cell.get("outputs", [])
+        )
+    )
+    quotes = re.findall(r'"([^"]{12,})"', comments[0])
+    scores = re.findall(r"\((?:VADER[^)]*|([+−-]\d\.\d\d))\)", comments[0])
+    assert quotes, f"{name}: the comment quotes no sample"
+    for quote in quotes:
+        assert quote.strip(" .…") in outputs, f"{name}: {quote!r} is not in the saved outputs"
+    for score in filter(None, scores):
+        assert score.replace("−", "-") in outputs, f"{name}: score {score} is not in the saved outputs"
