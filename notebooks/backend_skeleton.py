@@ -683,6 +683,11 @@ ONE_PAIR = (
     "+0.97). Its perplexity under the unsteered model doubles (3.8 → 7.8): the price of the push."
 )
 COMMENT_MD = {name: ONE_PAIR for name in BACKENDS}
+COMMENT_MD["transformer_lens_hooks"] = (  # the bridge samples with its own generate: another pair
+    "**What the samples show.** The steered sample turns a worried aside (\"I'm not sure what to do\", +0.14) "
+    "into warmth (\"I'm excited to have a wonderful partner in this amazing journey\", +0.98). Its perplexity "
+    "under the unsteered model nearly doubles (3.1 → 6.1): the price of the push."
+)
 COMMENT_MD["pytorch_hooks"] = (
     "**What the samples show.** Warmer lifts all four rows (mean +0.62 → +0.97, perplexity ×1.20); colder "
     "lowers three of four (mean −0.20, perplexity ×1.57), the first going from \"of your pride and your desire "
