@@ -112,14 +112,17 @@ def preamble(name: str) -> str:
             GOAL[name],
             "",
             "**You will learn**",
-            "- to read the Love − Hate vector this way, and check it against the library;",
+            "- to build the steering vector this way, from 64 warm/cold sentence pairs, and check it against the "
+            "library;",
             learn,
             f"- that the library file `{LIBRARY_FILE[name]}` gives the same logits, and what the measured "
             "setting does to sampled text.",
             "",
-            "**Model.** `STEERING_MODEL` picks it: the default, `smollm2-135m`, is SmolLM2-135M-Instruct with real "
-            "weights, offline on a CPU (Llama architecture, blocks in `model.model.layers`); `gpt2-xl` runs where "
-            "the model hub is reachable (blocks in `model.transformer.h`). Re-run with "
+            "**Model.** `STEERING_MODEL` picks it: the default, `smollm2-135m`, is SmolLM2-135M-Instruct from a GGUF "
+            "file with Q4_1-quantized weights, dequantized to float32, offline on a CPU (Llama architecture, blocks in "
+            "`model.model.layers`); its outputs do not match the hub checkpoint's. `gpt2-xl` runs where the model hub "
+            "is reachable (blocks in `model.transformer.h`), at block 21 too, which was measured on SmolLM2 only. "
+            "Re-run with "
             f"`python notebooks/execute.py {NOTEBOOKS[name]}`.",
         ]
     )
@@ -147,15 +150,14 @@ FIRST_PARTY = {name: "" for name in BACKENDS} | {
 
 def setup_code(name: str) -> str:
     return (
-        f"{IMPORTS[name]}import os\nimport sys\nimport warnings\n\n"
+        f"{IMPORTS[name]}import json\nimport os\nimport sys\nimport warnings\n\n"
         'warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, without notebook widgets\n'
         'sys.path.insert(0, os.path.abspath(".."))  # the notebooks run from notebooks/; the package is one up\n'
         f"import torch\nimport transformers\n{THIRD_PARTY[name]}\n"
         "from steering_backends import SteeringSpec\n"
         "from steering_backends.compare import compare\n"
-        "from steering_backends.models import load, sentiment_spec\n"
-        f"{FIRST_PARTY[name]}"
-        "from steering_backends.vectors import contrast_vector\n\n"
+        "from steering_backends.models import load\n"
+        f"{FIRST_PARTY[name]}\n"
         "transformers.utils.logging.disable_progress_bar()  # keeps the saved outputs readable\n"
         "transformers.utils.logging.set_verbosity_error()  # generate's notes on SmolLM2's sampling defaults\n"
         'MODEL = os.environ.get("STEERING_MODEL", "smollm2-135m")\n'
@@ -184,12 +186,6 @@ def model_state(net: torch.nn.Module) -> list:
         state.append((name, type(m).__name__, params, len(m._forward_pre_hooks), len(m._forward_hooks)))
     return state
 '''
-MEASURED = """
-warm = sentiment_spec(model, tokenizer, +1)  # the setting chosen by measurement, as a SteeringSpec
-cold = sentiment_spec(model, tokenizer, -1)
-for label, spec in [("warm", warm), ("cold", cold)]:
-    print(f"{label}: block {spec.layer} {spec.site}, coeff {spec.coeff:+.1f}, |vector| {spec.vector.norm():.2f}")
-"""
 HF_HELPERS = (
     text(TOKENS)
     + '''
@@ -214,7 +210,6 @@ unsteered_logits, unsteered_text = model(prompt).logits, complete(prompt)
 model(prompt, output_hidden_states=True)
 state_at_start = model_state(model)
 """
-    + text(MEASURED)
 )
 BRIDGE_HELPERS = (
     "bridge = bridge_from_hf(model, tokenizer)  # a copy: the bridge takes over the HF model it wraps\n\n\n"
@@ -240,7 +235,6 @@ unsteered_logits, unsteered_text = bridge(prompt), complete(prompt)
 bridge.run_with_cache(prompt)
 state_at_start = model_state(bridge)
 """
-    + text(MEASURED)
 )
 NNSIGHT_HELPERS = (
     "# nnsight wraps the loaded model, with no hub call. It sets the pad token and left padding on the tokenizer\n"
@@ -279,7 +273,6 @@ unsteered_logits, unsteered_text = logits(prompt), complete(prompt)
 model(prompt, output_hidden_states=True)
 state_at_start = model_state(model)
 """
-    + text(MEASURED)
 )
 HELPERS = {name: HF_HELPERS for name in BACKENDS} | {
     "transformer_lens_hooks": BRIDGE_HELPERS,
@@ -290,14 +283,15 @@ HELPERS = {name: HF_HELPERS for name in BACKENDS} | {
 # 2. Reading activations
 
 READING_INTRO = (
-    "## 2. Reading activations: the Love − Hate vector\n\n"
-    "The classic steering vector is a difference of activations: the residual stream at block L's input "
-    '(`resid_pre`) for BOS + "Love" minus the same for BOS + "Hate", at the last token. BOS keeps the word off '
-    "position 0, where trained models park an *attention sink* about 100× larger than the other tokens. "
-    "Read it at the block the measured setting steers, `warm.layer`. It is for practice in reading: the measured "
-    "setting below steers with another vector, the mean difference of 64 sentiment sentence pairs (notebook 07), "
-    'scaled to length 1, because on SmolLM2 Love − Hate barely makes text warmer (README, "Steering you can '
-    'see").\n\n'
+    "## 2. Reading activations: the steering vector\n\n"
+    "The vector is a mean difference: block L's input (`resid_pre`) for each of 64 warm sentences minus the same "
+    "for its cold twin (`steering_backends/data/contrast_pairs.jsonl`), each sentence averaged over its tokens, "
+    "then averaged over the pairs and scaled to length 1. Each sentence is read after BOS, which is left out of the "
+    "average: trained models park an *attention sink* about 100× larger than the other tokens on position 0. The "
+    "coefficient is relative: 0.25 × the median token norm at that block (over 16 neutral reference sentences), a "
+    "fraction of a typical token, so the same number means the same strength at another block or in another "
+    "model. Block 21 and 0.25 are the measured warmer setting for SmolLM2: the sweep's choice, judged on held-out "
+    "prompts (glossary: notebook 00).\n\n"
 )
 READING_MD = {
     "custom_wrapper": "A wrapper reads it: a module that stands in for the block, keeps what it was called with, "
@@ -351,14 +345,14 @@ def swapped(layer: int, wrapper: Wrapper):
 
 
 def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
     with swapped(layer, KeepInput(blocks[layer])) as keep:
         model(tokens(text))
-    return keep.kept[0, -1]
+    return keep.kept[0, 1:]
 ''',
     "pytorch_hooks": '''
 def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
     cache = {}
 
     def keep_input(module, args, kwargs):  # runs before the block; the hidden states come first
@@ -369,62 +363,73 @@ def resid_pre(text: str, layer: int) -> torch.Tensor:
         model(tokens(text))
     finally:
         handle.remove()  # hooks are global state: always remove them
-    return cache["resid_pre"][0, -1]
+    return cache["resid_pre"][0, 1:]
 ''',
     "baukit_tracedict": '''
 BLOCKS = "model.layers" if hasattr(model, "model") else "transformer.h"  # as named_modules() spells them
 
 
 def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
     with Trace(model, f"{BLOCKS}.{layer}", retain_input=True, retain_output=False) as trace:
         model(tokens(text))
     # .input is the block's positional argument, or a tuple of them (GPT-2 blocks get four)
     hidden = trace.input if torch.is_tensor(trace.input) else trace.input[0]  # [batch, pos, d_model]
-    return hidden[0, -1]
+    return hidden[0, 1:]
 ''',
     "transformer_lens_hooks": '''
 def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
     name = f"blocks.{layer}.hook_resid_pre"
     _, cache = bridge.run_with_cache(text, names_filter=name)  # a string: TransformerLens prepends BOS
-    return cache[name][0, -1]  # cache[name]: [batch, pos, d_model]
+    return cache[name][0, 1:]  # cache[name]: [batch, pos, d_model]
 ''',
     "bias_editing": '''
 def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
     hidden_states = model(tokens(text), output_hidden_states=True).hidden_states  # n_layers + 1 x [batch, pos, d]
-    return hidden_states[layer][0, -1]  # [layer]: block layer's input; [layer + 1]: its output
+    return hidden_states[layer][0, 1:]  # [layer]: block layer's input; [layer + 1]: its output
 ''',
     "nnsight_trace": '''
 def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at the last token of BOS + text: [d_model]."""
+    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
     with lm.trace(tokens(text)):
         hidden = lm_blocks[layer].input.save()  # the hidden states the block is called with: [batch, pos, d_model]
-    return hidden[0, -1]
+    return hidden[0, 1:]
 ''',
 }
 READ_VECTOR = """
 
 
-love_hate = resid_pre("Love", warm.layer) - resid_pre("Hate", warm.layer)  # [d_model]
-print(f"Love − Hate at block {warm.layer}'s input: |v| = {love_hate.norm():.1f}")"""
+DATA = os.path.join("..", "steering_backends", "data")
+with open(os.path.join(DATA, "contrast_pairs.jsonl")) as f:
+    pairs = [(r["positive"], r["negative"]) for r in map(json.loads, f) if r["concept"] == "sentiment"]
+with open(os.path.join(DATA, "reference.txt")) as f:
+    reference = [line.strip() for line in f if line.strip()]  # neutral sentences, for a typical token's norm
+
+
+def mean_difference_spec(layer: int, relative: float) -> SteeringSpec:
+    \"\"\"Mean over pairs of warm − cold (each averaged over its tokens), unit length; coeff: relative × norm.\"\"\"
+    diffs = torch.stack([resid_pre(warm, layer).mean(0) - resid_pre(cold, layer).mean(0) for warm, cold in pairs])
+    direction = diffs.mean(0) / diffs.mean(0).norm()  # [d_model]
+    typical = torch.cat([resid_pre(text, layer) for text in reference]).norm(dim=-1).median()  # over all tokens
+    return SteeringSpec(layer, "resid_pre", direction, relative * typical.item())
+
+
+warm = mean_difference_spec(21, 0.25)  # the measured warmer setting for SmolLM2: block 21 of 30, 0.25
+print(f"{len(pairs)} pairs; block {warm.layer} resid_pre, |vector| {warm.vector.norm():.2f}, coeff {warm.coeff:.1f}")"""
 CHECK_VECTOR = {
     name: (
-        'library_love_hate = contrast_vector(model, tokenizer, "Love", "Hate", warm.layer)  # read with a hook\n'
-        "assert torch.equal(love_hate, library_love_hate)  # the same forward pass, so bitwise the same\n"
-        'print("inline == steering_backends.vectors.contrast_vector, bitwise")'
+        "from steering_backends.vectors import load_pairs, load_reference_texts, pair_differences, residual_norm\n\n"
+        "# the package's recipe reads the same sentences in left-padded batches: equal up to float rounding\n"
+        'diffs = pair_differences(model, tokenizer, load_pairs("sentiment"), warm.layer, reduce="mean", '
+        "progress=False)\n"
+        "library_norm = residual_norm(model, tokenizer, load_reference_texts(), warm.layer)\n"
+        "gap = ((warm.vector - diffs.mean(0) / diffs.mean(0).norm()).norm()).item()\n"
+        f"assert gap < {tol} and abs(warm.coeff / (0.25 * library_norm) - 1) < {tol}, gap\n"
+        'print(f"inline == steering_backends.vectors (pair_differences, residual_norm): difference {gap:.0e}")'
     )
-    for name in BACKENDS
-} | {
-    "transformer_lens_hooks": (
-        'library_love_hate = contrast_vector(model, tokenizer, "Love", "Hate", warm.layer)  # the HF model, a hook\n'
-        "gap = ((love_hate - library_love_hate).norm() / library_love_hate.norm()).item()\n"
-        "# The bridge computes attention its own way, so float rounding differs: measured at most 1.3e-6\n"
-        "# (relative) on SmolLM2 over all 30 blocks; 1e-5 leaves 8x headroom.\n"
-        "assert gap < 1e-5, gap\n"
-        'print(f"bridge vs steering_backends.vectors.contrast_vector on HF: relative difference {gap:.1e}")'
-    )
+    for name, tol in [(name, "1e-5" if name != "transformer_lens_hooks" else "1e-4") for name in BACKENDS]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +515,7 @@ def add_to_input(layer: int, addition: torch.Tensor):
     """Inside the block, block `layer`'s input is hidden + addition. hidden: [batch, pos, d_model]."""
 
     def edit(output):  # the return value replaces the module's output
-        if isinstance(output, tuple):  # transformers 4 blocks: (hidden, ...)
+        if isinstance(output, tuple):  # transformers 4's GPT2Block: (hidden, ...)
             return (output[0] + addition, *output[1:])
         return output + addition  # a new tensor, not an in-place add: the original may be read elsewhere
 
@@ -634,63 +639,61 @@ def library_code(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # 5. Sampled completions
 
+SAMPLING = (
+    "`compare` samples each prompt unsteered and steered through `{name}` with the same seed, so steering is the "
+    "only difference, and scores every completion: VADER sentiment from −1 to +1 (a rule-based word list: it "
+    "counts words like 'love' and 'hate', not meaning) and perplexity under the *unsteered* model (higher: less "
+    "fluent). It samples as the ActivationAdditions paper compared: temperature 1, top-p 0.3 (close to greedy), a "
+    "frequency penalty of 1."
+)
 COMPARE_MD = {
-    name: "## 5. Sampled completions, scored\n\n"
-    "`sentiment_spec` gives the setting a sweep chose by measurement (`steering_backends/models.py`, "
-    "`SENTIMENT`): recipe, block and coefficient, for warmer (`warm`) and colder (`cold`) text (a model type "
-    "without a measured setting gets the original Love − Hate one). `compare` samples "
-    f"each prompt with a few seeds, unsteered beside steered through `{name}` (the same seed in both columns, so "
-    "steering is the only difference), and scores every completion: VADER sentiment from −1 to +1 (a rule-based "
-    "word list: it counts words like 'love' and 'hate', not meaning), and perplexity under the *unsteered* model "
-    "(higher: less fluent). The sampling is the original ActivationAdditions comparisons': temperature 1, top-p "
-    "0.3 (close to greedy) and a frequency penalty of 1, which `compare` applies as its own logits processor. The "
-    "last lines give the mean sentiment per column and the pooled perplexity, exp(total NLL / total tokens), "
-    "which is not the average of the ppl column."
+    name: "## 5. A sampled pair, scored\n\n"
+    + SAMPLING.format(name=name)
+    + " One prompt and one seed here; notebook 02 shows the full table, warmer and colder."
     for name in BACKENDS
+} | {
+    "pytorch_hooks": "## 5. Sampled completions, scored\n\n"
+    + SAMPLING.format(name="pytorch_hooks")
+    + " Two held-out prompts, two seeds each, warmer and then colder (block 24, −0.35, the measured colder "
+    "setting). The last lines give the mean sentiment per column and the pooled perplexity, exp(total NLL / "
+    "total tokens), which is not the average of the ppl column."
 }
 COMPARE_MD["nnsight_trace"] += " It is given `lm`, not `model`: it samples through nnsight's `generate`."
-PROMPTS = 'prompts = ["I hate you because", "My first day at the new school was"]  # held out from the sweep\n'
 
 
 def compare_code(name: str, spec: str, expect: str) -> str:
-    if name == "transformer_lens_hooks":
-        net, n = "bridge", "n=1"
-    elif name == "nnsight_trace":  # nnsight steers its own runs only: compare samples through lm.generate
-        net, n = "lm", "n=2"
-    else:
-        net, n = "model", "n=2"
-    call = f'compare({net}, tokenizer, prompts, [{spec}], backend="{name}", {n}, max_new_tokens=60, expect={expect})'
-    note = "# the bridge samples row by row, unbatched: one seed per prompt keeps it quick\n" if net == "bridge" else ""
-    return (PROMPTS if spec == "warm" else "") + note + call
+    net = {"transformer_lens_hooks": "bridge", "nnsight_trace": "lm"}.get(name, "model")
+    if name == "pytorch_hooks":  # the reference: the full table, both directions
+        head = (
+            'prompts = ["I hate you because", "My first day at the new school was"]  # held out from the sweep\n'
+            if spec == "warm"
+            else "cold = mean_difference_spec(24, -0.35)  # the measured colder setting: block 24, -0.35\n"
+        )
+        return (
+            head
+            + f'compare({net}, tokenizer, prompts, [{spec}], backend="{name}", n=2, max_new_tokens=60, expect={expect})'
+        )
+    prompt = "Last week my sister told me that"  # held out; its unsteered samples sit near neutral
+    return f'compare({net}, tokenizer, "{prompt}", [warm], backend="{name}", n=1, max_new_tokens=60)'
 
 
-COMMENT_HF = (
-    "**What the samples show.** Warmer: all 4 rows score higher than their unsteered row (mean +0.62 → +0.97). "
-    '"I hate you because of your pride and your desire to be a hero" becomes "… of your kindness. I\'ve been '
-    'blessed to have you as a wonderful partner", and the first school day becomes "filled with excitement and '
-    'endless possibilities"; the unsteered model finds the steered text only 1.2× as surprising as its own, so it '
-    "is still fluent. The shift is capped: the unsteered text already scores high, and no score passes +1 (over "
-    "the held-out report's 64 rows that cap is why Δ is +0.49, not the +0.60 aimed for). Colder: both \"I hate "
-    'you" rows turn sharply negative (+0.91 → −0.93, "the enemy that has come to destroy you"; +0.80 → −0.60, '
-    "a threat); the school-day rows do not (+0.39 → +0.39, and +0.36 → +0.34, counted as moved by 0.02), though "
-    'one loses its apostrophes ("nt bad", "didnt"), and the steered text is 1.57× as surprising. Four rows '
-    'illustrate; the held-out report (docs/behaviour.md) measures 64 per direction: 58 warmer, 59 '
-    "colder. The backends that let HF sample (01, 02, 03, 05, 09) show these same rows."
+ONE_PAIR = (
+    "**What the samples show.** The steered sample turns a worried aside (\"I'm not sure what to do\", +0.13) "
+    "into praise (\"she has always been a wonderful partner and has always been a great inspiration to me\", "
+    "+0.97). Its perplexity under the unsteered model doubles (3.8 → 7.8): the price of the push."
 )
-COMMENT_MD = {
-    name: COMMENT_HF
-    for name in ("custom_wrapper", "pytorch_hooks", "baukit_tracedict", "bias_editing", "nnsight_trace")
-} | {
-    "transformer_lens_hooks": (
-        "**What the samples show.** The bridge samples with TransformerLens's own sampler, so these rows are not "
-        "the other backend notebooks' (and there is one seed per prompt). Warmer: both rows score higher (+0.88 → "
-        '+0.98): "I hate you because of your love for me" becomes "… of your unique perspective. Your love for the '
-        'beauty of nature has inspired me", and the school day becomes "amazing". Colder: both drop (+0.88 → '
-        '−0.58); the school day becomes "a traumatic experience", and the other row loses coherence (perplexity '
-        "10.3): the colder direction can write disturbing, broken text. Its perplexity ratio on these two rows is "
-        "2.3, the warmer one's 1.37; over the held-out report's 64 rows they are 1.8 and 1.6."
-    )
-}
+COMMENT_MD = {name: ONE_PAIR for name in BACKENDS}
+COMMENT_MD["transformer_lens_hooks"] = (  # the bridge samples with its own generate: another pair
+    "**What the samples show.** The steered sample turns a worried aside (\"I'm not sure what to do\", +0.14) "
+    "into warmth (\"I'm excited to have a wonderful partner in this amazing journey\", +0.98). Its perplexity "
+    "under the unsteered model nearly doubles (3.1 → 6.1): the price of the push."
+)
+COMMENT_MD["pytorch_hooks"] = (
+    "**What the samples show.** Warmer lifts all four rows (mean +0.62 → +0.97, perplexity ×1.20); colder "
+    "lowers three of four (mean −0.20, perplexity ×1.57), the first going from \"of your pride and your desire "
+    "to be a hero\" (+0.91) to \"of the enemy that has come to destroy you\" (−0.93). The second prompt resists "
+    "colder (+0.39 → +0.39, +0.36 → +0.34): its first-day story stays mild."
+)
 
 # ---------------------------------------------------------------------------------------------
 # 6. Gotchas
@@ -710,8 +713,10 @@ GOTCHA_MD = {
 > versions did (transformers 4.5x's Qwen2 forward reads `decoder_layer.attention_type`), and so does your own
 > code (below). Without `__getattr__` passing lookups on, each of them raises `AttributeError`.
 
-> **Gotcha: tuple vs tensor.** In transformers 5 a block returns a tensor, in transformers 4 a tuple
-> `(hidden, ...)`. A wrapper on the block's *input* does not care; one on its output must handle both (exercise).
+> **Gotcha: tuple vs tensor.** In transformers 5 a block returns a tensor. In transformers 4 it depends on the
+> class: `GPT2Block` returns a tuple `(hidden, ...)` (4.57.6 `modeling_gpt2.py`: `outputs = (hidden_states,)`),
+> while `LlamaDecoderLayer`, SmolLM2's block, returns the tensor in 4.57.6 (`return hidden_states`) and a tuple in
+> 4.45. A wrapper on the block's *input* does not care; one on its output must handle both (exercise).
 
 {KV_CACHE}
 """,
@@ -731,8 +736,11 @@ GOTCHA_MD = {
 > *after* your pre-hooks ran, so it shows a pre-hook's addition at block 0; for L ≥ 1, `hidden_states[L]` is
 > block L − 1's output, recorded before block L's pre-hook runs, so it does not. A forward hook you add after
 > transformers added its own (on the first `output_hidden_states=True`) runs after them: `hidden_states[L + 1]`
-> does not show its edit either. (transformers 4 recorded each entry before calling the block: no pre-hook
-> addition showed, at any L.)
+> does not show its edit either. transformers 4.57.6 records Llama's the same way (`check_model_inputs` wraps each
+> block's `forward`, which PyTorch calls after the pre-hooks, and keeps `args[0]` of block 0:
+> `utils/generic.py`, `collected_outputs[key] += (args[0],)`), but its `GPT2Model` appends each entry in its own
+> loop before calling the block (`all_hidden_states = all_hidden_states + (hidden_states,)`), so there no
+> pre-hook addition shows, at any L.
 
 {KV_CACHE}
 > (Exercise.)
@@ -751,8 +759,9 @@ GOTCHA_MD = {
 > **Gotcha: a bad name leaves hooks behind.** `TraceDict` hooks each name as it goes; if a later name does not
 > exist, the earlier hooks stay on the model. The library resolves every name first.
 
-> **Gotcha: tuple vs tensor.** `edit_output` gets what the module returned: a tensor from transformers 5 blocks,
-> a tuple `(hidden, ...)` from transformers 4's, and from attention sublayers. Handle both.
+> **Gotcha: tuple vs tensor.** `edit_output` gets what the module returned: a tensor from transformers 5 blocks
+> and from transformers 4.57.6's `LlamaDecoderLayer` (`return hidden_states`); a tuple `(hidden, ...)` from
+> transformers 4's `GPT2Block` (`outputs = (hidden_states,)`) and from attention sublayers. Handle both.
 
 {KV_CACHE}
 """,
@@ -817,8 +826,10 @@ GOTCHA_MD = {
 > `GREEDY` does; the library loops over `tracer.iter[:]` and catches the end.
 
 > **Gotcha: tuple vs tensor.** `.input` is a block's hidden states (HF passes them first), but `.output` is
-> what the module returned: a tensor from transformers 5 blocks, a tuple `(hidden, ...)` from transformers 4's
-> and from attention modules. `.output[0]` on a tensor silently takes the first *batch row*.
+> what the module returned: a tensor from transformers 5 blocks and from transformers 4.57.6's
+> `LlamaDecoderLayer` (`return hidden_states`); a tuple `(hidden, ...)` from transformers 4's `GPT2Block`
+> (`outputs = (hidden_states,)`) and from attention modules. `.output[0]` on a tensor silently takes the first
+> *batch row*.
 
 {KV_CACHE}
 > The library reads the mask from the decoder's own `.inputs` at every step (exercise).
@@ -833,7 +844,7 @@ assert wrapper.mlp is blocks[warm.layer].mlp
     "pytorch_hooks": """
 def add_to_output(addition: torch.Tensor):
     def hook(module, args, output):  # the return value replaces the output
-        if isinstance(output, tuple):  # transformers 4 blocks, attention sublayers: (hidden, ...)
+        if isinstance(output, tuple):  # transformers 4's GPT2Block, attention sublayers: (hidden, ...)
             return (output[0] + addition, *output[1:])
         return output + addition  # transformers 5 blocks: [batch, pos, d_model]
 
@@ -926,8 +937,8 @@ def self_check_code(name: str) -> str:
     if name == "baukit_tracedict":
         lines += [
             "# block 0, where the inline code edits the embedding's output instead of a block's",
-            'assert torch.equal(resid_pre("Love", 0) - resid_pre("Hate", 0), '
-            'contrast_vector(model, tokenizer, "Love", "Hate", 0))',
+            "from steering_backends.vectors import activations",
+            "assert torch.equal(resid_pre(pairs[0][0], 0), activations(model, tokens(pairs[0][0]), 0)[0, 1:])",
             "with add_to_input(0, addition):",
             "    inline_0 = model(prompt).logits",
             'with steer(model, [SteeringSpec(0, "resid_pre", warm.vector, warm.coeff)]):',
@@ -978,7 +989,7 @@ class AddToOutput(Wrapper):
 
     def forward(self, *args, **kwargs):
         output = self.block(*args, **kwargs)
-        if isinstance(output, tuple):  # transformers 4: (hidden, ...)
+        if isinstance(output, tuple):  # transformers 4's GPT2Block: (hidden, ...)
             return (output[0] + self.addition, *output[1:])
         return output + self.addition  # transformers 5: a tensor
 
@@ -1023,8 +1034,9 @@ attention mask, which covers the cache and the new tokens.
 ## 8. Exercise
 
 Reading a block's input needs only the blocks before it. `Trace(..., stop=True)` raises baukit's `StopForward`
-right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Read the
-Love − Hate vector that way, from the output of `feeding(warm.layer)`, and check that it equals `love_hate`.
+right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Read block
+`warm.layer`'s input that way, from the output of `feeding(warm.layer)`, and check that it equals `resid_pre`'s
+for the first warm sentence, `pairs[0][0]`.
 
 <details><summary>Solution</summary>
 
@@ -1033,36 +1045,34 @@ def resid_pre_fast(text, layer):
     with Trace(model, feeding(layer), stop=True) as trace:  # stops right after the module that feeds block `layer`
         model(tokens(text))
     output = trace.output if torch.is_tensor(trace.output) else trace.output[0]
-    return output[0, -1]
+    return output[0, 1:]
 
 
-assert torch.equal(resid_pre_fast("Love", warm.layer) - resid_pre_fast("Hate", warm.layer), love_hate)
+assert torch.equal(resid_pre_fast(pairs[0][0], warm.layer), resid_pre(pairs[0][0], warm.layer))
 ```
 </details>
 """,
     "transformer_lens_hooks": """
 ## 8. Exercise
 
-Read the Love − Hate vector *without* BOS (`bridge.run_with_cache(text, prepend_bos=False)`), and compare its norm
-and its cosine similarity with `love_hate`. Why are they so different?
+Read the first warm sentence, `pairs[0][0]`, *without* BOS (`bridge.run_with_cache(text, prepend_bos=False)`),
+and compare each token's norm at block `warm.layer`'s input with what `resid_pre` gives. Which token changes
+most, and why would a vector averaged over these tokens change with it?
 
 <details><summary>Solution</summary>
 
 ```python
-def resid_pre_no_bos(text, layer):
-    name = f"blocks.{layer}.hook_resid_pre"
-    _, cache = bridge.run_with_cache(text, names_filter=name, prepend_bos=False)
-    return cache[name][0, -1]
-
-
-no_bos = resid_pre_no_bos("Love", warm.layer) - resid_pre_no_bos("Hate", warm.layer)
-print(f"|v| {no_bos.norm():.0f} without BOS, {love_hate.norm():.0f} with")
-print(f"cosine {torch.cosine_similarity(no_bos, love_hate, dim=0):.2f}")
+name = f"blocks.{warm.layer}.hook_resid_pre"
+_, cache = bridge.run_with_cache(pairs[0][0], names_filter=name, prepend_bos=False)
+without = cache[name][0].norm(dim=-1)  # every token: no BOS to leave out
+with_bos = resid_pre(pairs[0][0], warm.layer).norm(dim=-1)
+print([round(n) for n in without.tolist()])
+print([round(n) for n in with_bos.tolist()])
 ```
 
-Without BOS the one-token word sits at position 0, where a trained model parks its attention sink: activations
-there are about 100× larger than elsewhere and mostly about being first, not about the word. The difference of two
-sinks is large and has little to do with sentiment.
+Without BOS the first word sits at position 0, where a trained model parks its attention sink: its activation is
+about 100× larger than the others and mostly about being first, not about the word. An average over the tokens
+would be dominated by it, and a warm − cold difference would depend on whether the two sentences start alike.
 </details>
 """,
     "bias_editing": """
@@ -1136,7 +1146,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("setup-heading", "markdown", "## 1. Setup"),
         (install_cell.CELL_ID, "code", install_cell.source(NOTEBOOKS[name])),  # for hosted notebook services
         ("setup", "code", setup_code(name)),
-        ("setup-helpers", "code", HELPERS[name]),
+        ("setup-helpers", "code", HELPERS[name].rstrip("\n")),
         ("reading-heading", "markdown", READING_INTRO + READING_MD[name]),
         ("reading", "code", text(READING_CODE[name]) + READ_VECTOR),
         ("reading-check", "code", CHECK_VECTOR[name]),
@@ -1146,7 +1156,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("library", "code", library_code(name)),
         ("compare-heading", "markdown", COMPARE_MD[name]),
         ("compare-warm", "code", compare_code(name, "warm", "+1")),
-        ("compare-cold", "code", compare_code(name, "cold", "-1")),
+        *([("compare-cold", "code", compare_code(name, "cold", "-1"))] if name == "pytorch_hooks" else []),
         ("compare-comment", "markdown", COMMENT_MD[name]),
         ("gotchas", "markdown", text(GOTCHA_MD[name])),
         ("gotcha-demo", "code", text(GOTCHA_CODE[name])),

@@ -39,7 +39,8 @@ FIGURES = {"06_activation_additions": 1, "07_representation_engineering": 2, "08
 BACKEND_NOTEBOOKS = ["01_custom_wrapper", "02_pytorch_hooks", "03_baukit_tracedict", "04_transformer_lens"]
 BACKEND_NOTEBOOKS += ["05_bias_editing", "09_nnsight"]
 TABLES = {"00_overview": 1, "06_activation_additions": 2, "07_representation_engineering": 2}
-TABLES |= {name: 2 for name in BACKEND_NOTEBOOKS}  # warmer and colder
+TABLES |= {name: 1 for name in BACKEND_NOTEBOOKS}  # one sampled pair
+TABLES["02_pytorch_hooks"] = 2  # the reference: warmer and colder
 
 ERROR_BOX = "application/vnd.jupyter.stderr"  # nbconvert's mime type for tracebacks and stderr alike
 PROGRESS_BAR = re.compile(r"\d+%\|| \d+(\.\d+)?(it/s|s/it)\]")  # tqdm: " 45%|####  | 9/20 [00:01<00:02, 5.1it/s]"
