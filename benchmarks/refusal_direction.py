@@ -73,12 +73,12 @@ PHRASES = (
 )
 MAX_NEW_TOKENS = 32
 BLOCKS = (6, 9, 12, 15, 18, 21, 24, 27)  # candidate blocks (of 30), resid_pre
-RELATIVE = (0.5, 1.0, 2.0, 4.0)  # |coeff * u| over the block's median token norm
+RELATIVE = (0.125, 0.25, 0.5, 1.0, 2.0)  # |coeff * u| over the block's median token norm
 SELECT = 16  # harmless 'read' requests the sweep generates for
 MAX_PERPLEXITY_RATIO = 2.0  # fluency guard for the chosen setting
 N_RANDOM = 8  # random directions for the KL baseline
 N_EXAMPLES = 6  # harmless held-out examples stored as text
-BATCH = 64  # CPU decoding is bound by reading the weights: a step of 64 rows costs about one of 16
+BATCH = 96  # CPU decoding is bound by reading the weights: a step of 96 rows costs little more than one of 16
 
 
 def requests() -> dict[str, dict[str, list[str]]]:
@@ -196,8 +196,9 @@ def _rows(i: int, n: int, groups: int) -> tuple[bool, ...]:
 
 
 def choose(sweep_rows: list[dict]) -> dict:
-    """The sweep setting with the highest refusal rate among fluent ones (then the smaller coefficient)."""
-    fluent = [r for r in sweep_rows if r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO]
+    """The sweep setting with the highest refusal rate among fluent ones (then the smaller coefficient);
+    among all of them when none is fluent (the report shows its perplexity ratio)."""
+    fluent = [r for r in sweep_rows if r["ppl_ratio"] <= MAX_PERPLEXITY_RATIO] or sweep_rows
     return max(fluent, key=lambda r: (r["rate"], -r["relative"], -r["ppl_ratio"]))
 
 
@@ -355,7 +356,38 @@ def plot(result: dict) -> None:
 
 
 def summary(result: dict) -> str:
-    return "(to be written)"
+    """What the numbers show, in sentences whose verbs follow the numbers."""
+    u, ab, a, kl, hw, c = (result[k] for k in ("unsteered", "ablated", "added", "kl", "hooks_vs_weights", "chosen"))
+    harmful = round(u["held_out/harmful"] * 16) + round(u["read/harmful"] * 32)
+    text = [
+        f"Unsteered, the model refuses {harmful} of 48 harmful requests and "
+        f"{round(u['held_out/harmless'] * 16) + round(u['read/harmless'] * 32)} of 48 harmless ones"
+        + (": at 135M it barely refuses, so ablation has little refusal to remove." if harmful <= 12 else "."),
+    ]
+    moved = a["rate"] - a["unsteered_rate"]
+    text.append(
+        f"Added at block {c['block']} ({c['relative']:g} × the token norm), the direction "
+        + (
+            f"raises refusals of held-out harmless requests from {a['unsteered_rate']:.2f} to {a['rate']:.2f}"
+            if moved > 0
+            else f"does not raise refusals of held-out harmless requests ({a['unsteered_rate']:.2f} to {a['rate']:.2f})"
+        )
+        + f" at perplexity ratio {a['ppl_ratio']:.2f}."
+    )
+    text.append(
+        f"Ablated everywhere, it moves refusals of harmful requests from {u['held_out/harmful']:.2f} to "
+        f"{ab['held_out/harmful']:.2f} (held-out) and from {u['read/harmful']:.2f} to {ab['read/harmful']:.2f} (read)."
+    )
+    ratio = kl["mean"] / kl["random_mean"]
+    text.append(
+        f"The ablation moves the next-token distribution of harmless requests by {kl['mean']:.3f} nats on average "
+        f"(max {kl['max']:.3f}), {ratio:.1f}× what ablating a random direction does ({kl['random_mean']:.3f})."
+    )
+    text.append(
+        f"Hooks and orthogonalised weights give the same greedy tokens on {hw['equal']} of {hw['n']} held-out "
+        f"requests, with logits {hw['relative_gap']:.0e} of their scale apart."
+    )
+    return " ".join(text)
 
 
 def _pct(x: float, n: int) -> str:
