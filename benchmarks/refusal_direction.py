@@ -1,6 +1,6 @@
 """A refusal direction on SmolLM2-135M-Instruct, read as Arditi et al. read it, added and ablated.
 
-    python -m benchmarks.refusal_direction            # read, sweep, held-out report (about 10 min, 2 cores)
+    python -m benchmarks.refusal_direction            # read, sweep, held-out report (about 45 min, 2 busy cores)
     python -m benchmarks.refusal_direction --report   # only rebuild the table and plot from the saved JSON
 
 Arditi et al. ("Refusal in language models is mediated by a single direction") take the
