@@ -374,9 +374,16 @@ def summary(result: dict) -> str:
         )
         + f" at perplexity ratio {a['ppl_ratio']:.2f}."
     )
+    moves = [ab[k] - u[k] for k in ("held_out/harmful", "read/harmful")]
+    verdict = (
+        "the two sets move in opposite directions, by one or two requests each: too few refusals to show an effect"
+        if moves[0] * moves[1] < 0
+        else "both sets move the same way"
+    )
     text.append(
         f"Ablated everywhere, it moves refusals of harmful requests from {u['held_out/harmful']:.2f} to "
-        f"{ab['held_out/harmful']:.2f} (held-out) and from {u['read/harmful']:.2f} to {ab['read/harmful']:.2f} (read)."
+        f"{ab['held_out/harmful']:.2f} (held-out) and from {u['read/harmful']:.2f} to {ab['read/harmful']:.2f} "
+        f"(read): {verdict}."
     )
     ratio = kl["mean"] / kl["random_mean"]
     text.append(

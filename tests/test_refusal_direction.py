@@ -1,19 +1,24 @@
-"""The refusal-direction benchmark's measures, checked by hand or against another code path.
+"""The refusal-direction benchmark's measures, checked by hand or against another code path, and its stored results.
 
 No run of SmolLM2 here: benchmarks/refusal_direction.py makes the results; these tests check the
 phrase matcher, the KL, the selection rule, the reading of the residual stream at the last token
-(against a hook reading each prompt alone), and the request sets.
+(against a hook reading each prompt alone), and that the committed page is the one the committed
+JSON gives.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 
 from benchmarks.refusal_direction import (
+    OUT,
+    PHRASES,
+    RESULTS,
     chat_prompts,
     choose,
     difference_of_means,
@@ -22,6 +27,7 @@ from benchmarks.refusal_direction import (
     last_token_resid,
     median_token_norms,
     refusal_rate,
+    report,
     requests,
 )
 from steering_backends.models import random_model
@@ -121,3 +127,12 @@ def test_request_sets_are_disjoint_and_sized():
     assert sizes == {"read": {"harmful": 32, "harmless": 32}, "held_out": {"harmful": 16, "harmless": 16}}
     every = [t for sets in data.values() for v in sets.values() for t in v]
     assert len(set(every)) == len(every)
+
+
+def test_the_committed_page_is_the_committed_json():
+    result = json.loads(OUT.read_text())
+    assert (RESULTS / "refusal_direction.md").read_text() == report(result)
+    assert result["phrases"] == list(PHRASES)
+    # Text is kept for harmless requests only.
+    assert {e["request"] for e in result["examples"]} <= set(requests()["held_out"]["harmless"])
+    assert (RESULTS / "refusal_direction.png").read_bytes().startswith(b"\x89PNG")
