@@ -55,7 +55,7 @@ def pytest_configure(config):
 
 # The longest groups start first, so that the many short ones fill the other worker meanwhile
 # (a worker takes the next group in this order when it is almost out of work).
-FIRST = ("tests/test_parity.py[gpt2-xl-random]", LENS_GROUP, "tests/test_where_it_holds.py")
+FIRST = ("tests/test_parity.py:gpt2-xl-random", LENS_GROUP, "tests/test_where_it_holds.py")
 
 
 def _group(item) -> str:
@@ -63,7 +63,8 @@ def _group(item) -> str:
     if item.nodeid.startswith(LENS_ITEMS):
         return LENS_GROUP
     if path == "tests/test_parity.py" and hasattr(item, "callspec") and "results" in item.callspec.params:
-        return f"{path}[{item.callspec.params['results']}]"
+        # No "]" at the end: xdist reads the group after the last "@" only when it follows every "]".
+        return f"{path}:{item.callspec.params['results']}"
     return path
 
 

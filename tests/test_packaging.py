@@ -42,6 +42,7 @@ def test_the_wheel_holds_the_code_the_data_and_the_licence(wheel):
         "contrast_pairs.jsonl",
         "lens_prompts.json",
         "reference.txt",
+        "refusal_requests.json",
         "topic_prompts.json",
     ]
     assert data == {f"steering_backends/data/{name}" for name in expected}
