@@ -31,6 +31,7 @@ Results: benchmarks/results/refusal_direction.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -220,10 +221,14 @@ def run() -> dict:
 
     keys = [(split, kind) for split in ("read", "held_out") for kind in ("harmful", "harmless")]
     sets = {("read", k): v for k, v in read.items()} | {("held_out", k): v for k, v in held.items()}
-    everything = greedy(model, tokenizer, [p for key in keys for p in sets[key]])
-    base, first = {}, 0
-    for key in keys:
-        base[key], first = everything[first : first + len(sets[key])], first + len(sets[key])
+
+    def greedy_per_set(keys, steer=None, specs=()) -> dict[tuple[str, str], list[list[int]]]:
+        """One batched greedy run over the requests of ``keys``, split back per (split, kind)."""
+        ids = greedy(model, tokenizer, [p for key in keys for p in sets[key]], steer, specs)
+        starts = [0, *itertools.accumulate(len(sets[key]) for key in keys)]
+        return {key: ids[a:b] for key, a, b in zip(keys, starts[:-1], starts[1:], strict=True)}
+
+    base = greedy_per_set(keys)
     result["unsteered"] = {
         f"{split}/{kind}": refusal_rate(decode(tokenizer, ids)) for (split, kind), ids in base.items()
     }
@@ -275,10 +280,7 @@ def run() -> dict:
     # (b) ablated everywhere: harmful requests (held-out and read), and harmless held-out ones
     ablation = ablate_everywhere(directions[block], n_layers)
     keys = [("held_out", "harmful"), ("held_out", "harmless"), ("read", "harmful")]
-    everything_ids = greedy(model, tokenizer, [p for key in keys for p in sets[key]], hooks, ablation)
-    ablated, first = {}, 0
-    for key in keys:
-        ablated[key], first = everything_ids[first : first + len(sets[key])], first + len(sets[key])
+    ablated = greedy_per_set(keys, hooks, ablation)
     result["ablated"] = {
         f"{split}/{kind}": refusal_rate(decode(tokenizer, ids)) for (split, kind), ids in ablated.items()
     }
@@ -308,9 +310,11 @@ def run() -> dict:
 
     # (d) hooks vs orthogonalised weights: greedy tokens and logits on every held-out request,
     # generated in the same batch as through the hooks (padding changes the rounding)
-    weight_ids = greedy(model, tokenizer, [p for key in keys for p in sets[key]], weights, ablation)
+    through_weights = greedy_per_set(keys, weights, ablation)
     everything = held["harmful"] + held["harmless"]
-    hook_ids, weight_ids = everything_ids[: len(everything)], weight_ids[: len(everything)]
+    held_keys = [("held_out", "harmful"), ("held_out", "harmless")]
+    hook_ids = [row for key in held_keys for row in ablated[key]]
+    weight_ids = [row for key in held_keys for row in through_weights[key]]
     ids, mask = left_pad(tokenizer, everything)
     with hooks.steer(model, ablation):
         hook_logits = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits.float()

@@ -108,18 +108,20 @@ def test_concurrent_calls_in_one_block_each_get_their_own_positions(model, name)
 # --- gradient checkpointing ----------------------------------------------------------------------
 
 
-def gradient(model, name, checkpointing: bool, accumulate: bool) -> torch.Tensor:
-    """d(loss)/d(vector) over two batches of equal shape and different padding, backpropagated
-    after each batch or once over their sum."""
+def vector_gradient(steer, model, checkpointed, logits, checkpointing: bool, accumulate: bool) -> torch.Tensor:
+    """d(loss)/d(vector) over two batches of equal shape and different padding, backpropagated after
+    each batch or once over their sum. ``checkpointed`` is the HF model whose checkpointing is turned
+    on; every run starts from one seed (checkpointing replays the RNG state it saw)."""
     vector = (4 * vec(5)).requires_grad_()
     specs = [SteeringSpec(1, "attn_out", vector, start=2), SteeringSpec(2, "mlp_out", vector, start=1)]
     batches = [batch([6, 3], 6, seed=2), batch([4, 6], 6, seed=3)]
     model.train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        checkpointed.gradient_checkpointing_enable()
     try:
-        with torch.enable_grad(), backend(name).steer(model, specs):
-            losses = [hf_logits(model, ids, mask).pow(2).mean() for ids, mask in batches]
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), steer(model, specs):
+            torch.manual_seed(0)
+            losses = [logits(model, ids, mask).pow(2).mean() for ids, mask in batches]
             if accumulate:
                 sum(losses).backward()
             else:
@@ -127,9 +129,13 @@ def gradient(model, name, checkpointing: bool, accumulate: bool) -> torch.Tensor
                     loss.backward()
     finally:
         if checkpointing:
-            model.gradient_checkpointing_disable()
+            checkpointed.gradient_checkpointing_disable()
         model.eval()
     return vector.grad
+
+
+def gradient(model, name, checkpointing: bool, accumulate: bool) -> torch.Tensor:
+    return vector_gradient(backend(name).steer, model, model, hf_logits, checkpointing, accumulate)
 
 
 @pytest.mark.parametrize("name", params(HF_HOOKS))
@@ -468,26 +474,7 @@ def test_transformer_lens_gradient_is_the_same_with_and_without_checkpointing(br
     from steering_backends.transformer_lens_hooks import steer
 
     def gradient(checkpointing: bool, accumulate: bool) -> torch.Tensor:
-        vector = (4 * vec(5)).requires_grad_()
-        specs = [SteeringSpec(1, "attn_out", vector, start=2), SteeringSpec(2, "mlp_out", vector, start=1)]
-        bridge.train()
-        if checkpointing:
-            bridge.original_model.gradient_checkpointing_enable()
-        try:
-            with torch.random.fork_rng(devices=[]), torch.enable_grad(), steer(bridge, specs):
-                torch.manual_seed(0)
-                batches = (batch([6, 3], 6, seed=2), batch([4, 6], 6, seed=3))
-                losses = [lens_logits(bridge, ids, mask).pow(2).mean() for ids, mask in batches]
-                if accumulate:
-                    sum(losses).backward()
-                else:
-                    for loss in losses:
-                        loss.backward()
-        finally:
-            if checkpointing:
-                bridge.original_model.gradient_checkpointing_disable()
-            bridge.eval()
-        return vector.grad
+        return vector_gradient(steer, bridge, bridge.original_model, lens_logits, checkpointing, accumulate)
 
     reference = gradient(False, False)
     assert reference.norm() > 0
