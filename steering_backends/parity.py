@@ -24,7 +24,7 @@ import torch
 from . import BACKENDS, backend
 from .layout import layout_of
 from .prompts import hf_positions, left_pad
-from .spec import SteeringSpec
+from .spec import SteeringSpec, ablate_everywhere
 
 __all__ = [
     "REFERENCE",
@@ -38,11 +38,13 @@ __all__ = [
     "logit_scale",
     "make_runners",
     "max_abs_diff",
+    "operator_cases",
     "parity_cases",
     "reference_run",
     "residual_rms",
     "runner_diffs",
     "steered_logits",
+    "stream_directions",
     "supports",
     "tolerance",
     "unavailable",
@@ -70,9 +72,10 @@ RELATIVE_TOLERANCES = {
     "bias_editing": 1e-4,
     "nnsight_trace": 0.0,
     # Hooks remove u from each sublayer's output, the weights make outputs without it: rounding
-    # differs. Measured against pytorch_hooks ablating everywhere (float32, CPU, 4 directions each):
-    # largest relative gaps 4.4e-7 (tiny GPT-2, tiny Llama) and 5.1e-6 (SmolLM2); the mistake of
-    # ablating with coeff 0.99 instead of 1: at least 1.8e-3. 1e-4: 20x above, 18x below.
+    # differs. Measured against pytorch_hooks ablating everywhere (float32, CPU, 5 directions on the
+    # small models, parity's on the GPT-2-XL shape): largest relative gaps 4.4e-7 (tiny GPT-2, tiny
+    # Llama), 1.4e-6 (GPT-2 small shape), 2.3e-6 (GPT-2-XL shape) and 7.0e-6 (SmolLM2); the mistake of
+    # ablating with coeff 0.99 instead of 1: at least 1.8e-3. 1e-4: 14x above, 18x below.
     "weight_orthogonalisation": 1e-4,
 }
 # One backend, two matmul shapes: cached decoding vs one forward over the whole sequence, a
@@ -224,6 +227,44 @@ def parity_cases(n_layers: int, d_model: int, seed: int = 0, scale: float = 1.0)
             SteeringSpec(mid - 1, "resid_post", vec(), 2.0),
             SteeringSpec(mid, "resid_pre", vec(), 2.0),
         ],
+    }
+
+
+def stream_directions(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """direction(seed) -> [d_model]: the mean residual stream (over real tokens and block inputs)
+    plus seeded noise of the same size per coordinate. Ablating a random direction of a trained
+    model removes almost nothing; the stream has a sizeable component along this one."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)
+    mean = torch.stack(out.hidden_states[:-1])[:, mask.bool()].float().mean((0, 1)).cpu()  # [d_model]
+
+    def direction(seed: int) -> torch.Tensor:
+        noise = torch.randn(mean.shape[0], generator=torch.Generator().manual_seed(seed))
+        return mean + mean.norm() / mean.shape[0] ** 0.5 * noise
+
+    return direction
+
+
+def operator_cases(n_layers: int, direction: Callable[[int], torch.Tensor]) -> dict[str, list[SteeringSpec]]:
+    """Named spec lists for op="ablate" and op="cap": partial ablation, capping, start and rows, an
+    operator and an addition in both orders on one site, and ablation everywhere (the case weight
+    orthogonalisation takes). ``direction``: see stream_directions."""
+    mid, last = n_layers // 2, n_layers - 1
+    return {
+        "ablate resid_pre mid": [SteeringSpec(mid, "resid_pre", direction(0), op="ablate")],
+        "ablate 0.5 resid_post L0": [SteeringSpec(0, "resid_post", direction(1), 0.5, op="ablate")],
+        "cap resid_post mid at 0": [SteeringSpec(mid, "resid_post", direction(2), 0.0, op="cap")],
+        "ablate resid_post last, start=2, rows": [
+            SteeringSpec(last, "resid_post", direction(3), op="ablate", start=2, rows=(True, False, True))
+        ],
+        "ablate then add, one site": [
+            SteeringSpec(mid, "attn_out", direction(4), op="ablate"),
+            SteeringSpec(mid, "attn_out", direction(4), 2.0),
+        ],
+        "add then cap, resid_pre L0": [
+            SteeringSpec(0, "resid_pre", direction(5), 2.0),
+            SteeringSpec(0, "resid_pre", direction(5), 0.0, op="cap", start=1),
+        ],
+        "ablate everywhere": ablate_everywhere(direction(6), n_layers),
     }
 
 

@@ -6,10 +6,12 @@ bridge last (it may take over the model), and the tests then assert on the resul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from steering_backends import ABLATION_BACKENDS, BACKENDS
 from steering_backends.parity import (
     REFERENCE,
     Runner,
@@ -19,11 +21,13 @@ from steering_backends.parity import (
     logit_scale,
     make_runners,
     max_abs_diff,
+    operator_cases,
     parity_cases,
     reference_run,
     residual_rms,
     runner_diffs,
     steered_logits,
+    stream_directions,
     supports,
 )
 from steering_backends.spec import SteeringSpec
@@ -54,17 +58,31 @@ class ParityResults:
     model_type: str = ""
 
 
-def generation_specs(n_layers: int, d_model: int, scale: float, position_dependent: bool) -> list[SteeringSpec]:
-    """Position-dependent specs (start=2, and 2-D rows that must not touch generated tokens)
-    make a wrong position during decoding show; bias editing gets position-independent ones."""
-    cases = parity_cases(n_layers, d_model, seed=1, scale=scale)
-    return cases["1-D start=2"] + cases["2-D start=1 L0"] if position_dependent else cases["two sites"]
+def generation_specs(
+    n_layers: int, d_model: int, scale: float, direction: Callable[[int], torch.Tensor]
+) -> dict[str, list[SteeringSpec]]:
+    """Specs for greedy decoding, by kind; each runner decodes under the first kind it supports.
+    Position-dependent specs (start=2, 2-D rows that must not touch generated tokens, an ablation
+    from position 2) make a wrong position during decoding show; bias editing gets position-independent
+    additions, and weight orthogonalisation ablation everywhere."""
+    cases, ops = parity_cases(n_layers, d_model, seed=1, scale=scale), operator_cases(n_layers, direction)
+    return {
+        "positions": cases["1-D start=2"]
+        + cases["2-D start=1 L0"]
+        + [replace(ops["ablate resid_pre mid"][0], start=2)],
+        "everywhere": cases["two sites"],
+        "ablation": ops["ablate everywhere"],
+    }
 
 
-def batch_specs(runner: Runner, n_layers: int, d_model: int, scale: float) -> list[SteeringSpec]:
+def batch_specs(
+    runner: Runner, n_layers: int, d_model: int, scale: float, ablation: list[SteeringSpec]
+) -> list[SteeringSpec]:
     cases = parity_cases(n_layers, d_model, seed=2, scale=scale)
-    specs = cases["2-D 3 rows"] + cases["attn_out mid"]
-    return specs if supports(runner, specs) else cases["two sites"]
+    for specs in (cases["2-D 3 rows"] + cases["attn_out mid"], cases["two sites"], ablation):
+        if supports(runner, specs):
+            return specs
+    raise AssertionError(f"{runner.name} supports no batch case")
 
 
 def perturbations(specs: list[SteeringSpec], n_layers: int) -> dict[str, list[SteeringSpec]]:
@@ -124,10 +142,13 @@ def run_suite(
 ) -> ParityResults:
     """``only``: these parity cases (by name), else all; ``n_new``: greedy tokens; ``padded_batch``: whether
     to run each prompt alone against its padded batch row (ParityResults.batch_gap stays empty if not)."""
-    runners, skipped = make_runners(model, tokenizer, copy_for_bridge=copy_for_bridge)
+    runners, skipped = make_runners(
+        model, tokenizer, copy_for_bridge=copy_for_bridge, names=BACKENDS + ABLATION_BACKENDS
+    )
     ids, mask = left_pad(tokenizer, PROMPTS)
     scale = residual_rms(model, ids, mask) / 4
-    cases = parity_cases(n_layers, d_model, scale=scale)
+    direction = stream_directions(model, ids, mask)
+    cases = parity_cases(n_layers, d_model, scale=scale) | operator_cases(n_layers, direction)
     if only is not None:
         cases = {label: cases[label] for label in only}
     refs, table = reference_run(runners, cases, ids, mask)
@@ -135,11 +156,8 @@ def run_suite(
     results.scales = {label: logit_scale(ref, mask) for label, ref in refs.items()}
     reference = next(r for r in runners if r.name == REFERENCE)
 
-    gen_specs = {kind: generation_specs(n_layers, d_model, scale, kind) for kind in (True, False)}
-    no_cache = {}
-    for kind, specs in gen_specs.items():
-        with reference.steer(reference.model, specs):
-            no_cache[kind] = greedy_no_cache(reference, ids, mask, n_new)
+    gen_specs = generation_specs(n_layers, d_model, scale, direction)
+    no_cache = {}  # kind -> the reference's no-cache (ids, step logits), computed when a runner first needs it
 
     base = cases["resid_pre mid"]
     for label, specs in perturbations(base, n_layers).items():
@@ -150,7 +168,10 @@ def run_suite(
     for runner in runners:  # runner by runner, bridge last: it may take over the model
         for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
             table[label][runner.name] = diff
-        kind = supports(runner, gen_specs[True])
+        kind = next(kind for kind, specs in gen_specs.items() if supports(runner, specs))
+        if kind not in no_cache:
+            with reference.steer(reference.model, gen_specs[kind]):
+                no_cache[kind] = greedy_no_cache(reference, ids, mask, n_new)
         with runner.steer(runner.model, gen_specs[kind]):
             results.tokens[runner.name], steps = runner.generate(ids, mask, n_new)
         results.tokens_no_cache[runner.name], no_cache_steps = no_cache[kind]
@@ -159,7 +180,7 @@ def run_suite(
         results.steps[runner.name], results.steps_no_cache[runner.name] = steps, no_cache_steps
         if not padded_batch:
             continue
-        specs = batch_specs(runner, n_layers, d_model, scale)
+        specs = batch_specs(runner, n_layers, d_model, scale, gen_specs["ablation"])
         with runner.steer(runner.model, specs):
             batch = runner.logits(ids, mask)
             gaps, scales = [], []

@@ -1,5 +1,6 @@
-"""The ablate and cap operators: refusals, arithmetic against formulas written here, every hook
-backend against the reference, and weight orthogonalisation against hook ablation everywhere.
+"""The ablate and cap operators: refusals, arithmetic against formulas written here, weight
+orthogonalisation on tied models, properties. Every backend against the reference on operator
+cases: tests/test_parity.py.
 
 Expected values are computed here another way than spec.py does: an ablation as h - c (h.v)/(v.v) v
 in float64 (no unit vector), a cap by clamping the coordinate along u and putting it back.
@@ -12,25 +13,20 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import TRANSFORMERS_4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_state import assert_unchanged, snapshot
-from parity_suite import PROMPTS, greedy_no_cache
+from parity_suite import PROMPTS
 
-from steering_backends import BACKENDS, SteeringSpec, backend
+from steering_backends import SteeringSpec, backend
 from steering_backends.layout import layout_of
 from steering_backends.models import load, random_model
 from steering_backends.parity import (
-    RELATIVE_ROUNDING,
     RELATIVE_TOLERANCES,
     hf_positions,
     left_pad,
-    make_runners,
     max_abs_diff,
-    reference_run,
-    runner_diffs,
-    supports,
+    stream_directions,
     tolerance,
 )
 from steering_backends.spec import SteeringPlan, ablate_everywhere
@@ -188,85 +184,14 @@ def test_specs_on_one_site_apply_in_the_order_given():
     assert torch.allclose(first_ablate, ablated(h, v) + 2 * u, atol=1e-6)
 
 
-# Every hook backend against the reference, on operator cases
+# Every hook backend against the reference on operator cases, start and rows included, cached
+# decoding under an ablation from position 2 and weight orthogonalisation against hook ablation
+# everywhere: the parity suite (parity.operator_cases, on every model of tests/test_parity.py).
 
 TINY = ["tiny-gpt2-random", "tiny-llama-random"]
-N_NEW = 6
-HOOKS = [name for name in BACKENDS if name != "bias_editing"]
 
 
-def operator_cases(n_layers: int, direction) -> dict[str, list[SteeringSpec]]:
-    mid, last = n_layers // 2, n_layers - 1
-    return {
-        "ablate resid_pre mid": [SteeringSpec(mid, "resid_pre", direction(0), op="ablate")],
-        "ablate 0.5 resid_pre L0": [SteeringSpec(0, "resid_pre", direction(1), 0.5, op="ablate")],
-        "cap mlp_out mid at 0": [SteeringSpec(mid, "mlp_out", direction(2), 0.0, op="cap")],
-        "ablate resid_post last, start=2, rows": [
-            SteeringSpec(last, "resid_post", direction(3), op="ablate", start=2, rows=(True, False, True))
-        ],
-        "ablate then add, one site": [
-            SteeringSpec(mid, "attn_out", direction(4), op="ablate"),
-            SteeringSpec(mid, "attn_out", direction(4), 2.0),
-        ],
-        "add then cap, resid_pre L0": [
-            SteeringSpec(0, "resid_pre", direction(5), 2.0),
-            SteeringSpec(0, "resid_pre", direction(5), 0.0, op="cap", start=1),
-        ],
-    }
-
-
-def stream_directions(model, ids, mask):
-    """(direction(seed), the unsteered logits): the direction is the mean residual stream plus seeded
-    noise, so that the stream has a sizeable component along it (a random direction in a trained
-    model has almost none)."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)
-    mean = torch.stack(out.hidden_states[:-1])[:, mask.bool()].mean((0, 1))  # [d_model]
-
-    def direction(seed: int) -> torch.Tensor:
-        noise = torch.randn(mean.shape[0], generator=torch.Generator().manual_seed(seed))
-        return mean + mean.norm() / mean.shape[0] ** 0.5 * noise
-
-    return direction, out.logits
-
-
-@pytest.mark.parametrize("name", TINY)
-def test_every_hook_backend_applies_the_operators_as_the_reference(name, tokenizer):
-    """Logits within RELATIVE_TOLERANCES (bitwise for the HF hook backends and nnsight), start and
-    rows included; then cached greedy decoding equals no-cache decoding for an ablation from position 2."""
-    model = random_model(name)
-    ids, mask = left_pad(tokenizer, PROMPTS)
-    direction, _ = stream_directions(model, ids, mask)
-    cases = operator_cases(4, direction)
-    runners, _ = make_runners(model, tokenizer, names=[*HOOKS, "bias_editing", "weight_orthogonalisation"])
-    assert [r.name for r in runners if not supports(r, [s for specs in cases.values() for s in specs])] == [
-        "bias_editing",
-        "weight_orthogonalisation",
-    ]
-    runners = [r for r in runners if r.name in HOOKS]
-    refs, table = reference_run(runners, cases, ids, mask)
-    for label, row in table.items():
-        # Measured 0.066-0.8 on these models; any tolerance here is at most 1e-4 of a logit scale of ~3.
-        assert row["effect"] > 0.01, f"{label}: the operator must change the logits, or the comparison proves nothing"
-    for runner in runners:
-        for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
-            allowed = tolerance(RELATIVE_TOLERANCES[runner.name], refs[label], mask)
-            assert diff <= allowed, f"{runner.name}, {label}: {diff:.2e} from the reference (allowed {allowed:.1e})"
-
-    specs = [SteeringSpec(2, "resid_pre", direction(6), op="ablate", start=2)]
-    reference = next(r for r in runners if r.name == "pytorch_hooks")
-    with reference.steer(reference.model, specs):
-        want, want_steps = greedy_no_cache(reference, ids, mask, N_NEW)
-    for runner in runners:
-        if runner.is_nnsight and TRANSFORMERS_4:  # frozen padded positions there, steered or not (test_parity.py)
-            continue
-        with runner.steer(runner.model, specs):
-            tokens, steps = runner.generate(ids, mask, N_NEW)
-        assert torch.equal(tokens, want), f"{runner.name}: cached greedy ids differ from no-cache greedy"
-        allowed = tolerance(RELATIVE_TOLERANCES[runner.name] + RELATIVE_ROUNDING, want_steps)
-        assert (steps - want_steps).abs().max() <= allowed, runner.name
-
-
-# Weight orthogonalisation against hook ablation everywhere
+# Weight orthogonalisation: the read-out of tied models, a mistake the tolerance catches, restoration
 
 
 @pytest.mark.parametrize("name", [*TINY, "smollm2-135m"])
@@ -278,7 +203,7 @@ def test_orthogonalised_weights_equal_hook_ablation_everywhere_and_are_restored(
     tied = unembedding.weight is embedding.weight
     assert tied == (name != "tiny-llama-random")  # the trap is exercised on GPT-2 and SmolLM2
     read_out = unembedding.weight.detach().clone()
-    direction, plain = stream_directions(model, ids, mask)
+    direction, plain = stream_directions(model, ids, mask), model(**inputs).logits
     specs = ablate_everywhere(direction(0), model.config.num_hidden_layers)
     hooks, weights = backend("pytorch_hooks"), backend("weight_orthogonalisation")
     with hooks.steer(model, specs):
@@ -305,7 +230,7 @@ def test_orthogonalised_weights_equal_hook_ablation_everywhere_and_are_restored(
     assert (model.get_output_embeddings().weight is embedding.weight) == tied
 
 
-# Properties on the tiny models, through pytorch_hooks (every hook backend equals it: above)
+# Properties on the tiny models, through pytorch_hooks (every hook backend equals it: the parity suite)
 
 
 @pytest.fixture(scope="module", params=TINY)

@@ -23,7 +23,16 @@ import steering_backends.spec as spec_module
 from steering_backends import backend
 from steering_backends.layout import dims
 from steering_backends.models import load
-from steering_backends.parity import RELATIVE_ROUNDING, RELATIVE_TOLERANCES, Runner, left_pad, residual_rms, tolerance
+from steering_backends.parity import (
+    RELATIVE_ROUNDING,
+    RELATIVE_TOLERANCES,
+    Runner,
+    left_pad,
+    operator_cases,
+    residual_rms,
+    stream_directions,
+    tolerance,
+)
 
 N_PARAMS_GPT2_XL = 1_557_611_200  # published size of GPT-2-XL: 1.56 B
 MODELS = [
@@ -45,16 +54,18 @@ def real_gpt2_xl():
         pytest.skip(f"real gpt2-xl weights are not in the local HF cache: {str(err).splitlines()[0]}")
 
 
-# Which of the 13 parity cases run where. Every case on each layout a backend resolves differently:
-# GPT-2 (Conv1D, a position table bias editing folds resid_pre L0 into) and Llama (rotary), and on
+# Which parity cases run where: the 13 addition cases of parity.parity_cases, then the 7 operator
+# cases of parity.operator_cases. Every case on each layout a backend resolves differently: GPT-2
+# (Conv1D, a position table bias editing folds resid_pre L0 into) and Llama (rotary), and on
 # SmolLM2's trained weights, where the tolerances were measured. Mistral and Qwen2 share Llama's
 # layout (layout.LAYOUTS) and differ only in the TransformerLens bridge's adapter and nnsight's
 # module names, which every site, layer 0, the last layer, a negative index, a 2-D vector with
 # start > 0 and two sites at once reach; the GPT-2 small shape is GPT-2's layout again, and
 # tests/test_properties.py draws 150 random spec lists on each tiny GPT-2 and Llama through every
-# backend. The cases left
-# out there (two specs on one site or block, start on a 1-D vector, 3 rows) exercise spec and hook
-# code that no layout changes, and 2-D 3 rows runs in every model's padded-batch check.
+# backend. The addition cases left out there (two specs on one site or block, start on a 1-D
+# vector, 3 rows) exercise spec and hook code that no layout changes, and 2-D 3 rows runs in every
+# model's padded-batch check. Every operator case runs on every model but the GPT-2-XL shape.
+OPERATOR_CASES = tuple(operator_cases(4, lambda seed: torch.ones(8)))
 REPRESENTATIVE = (
     "resid_pre L0",
     "resid_pre mid",
@@ -64,12 +75,14 @@ REPRESENTATIVE = (
     "resid_pre L=-1",
     "2-D start=1 L0",
     "two sites",
+    *OPERATOR_CASES,
 )
 # The GPT-2-XL shape is here for its size: 48 blocks, d_model 1600, one copy in memory shared with
-# the bridge. Each backend runs two cases (a middle block; the first and last blocks, two sites),
-# the three deliberate mistakes and a 4-token greedy decoding on it; the rest runs on the smaller
-# models through the same code (nothing in a backend depends on width or depth but the layer index).
-XL_CASES = ("resid_pre mid", "two sites")
+# the bridge. Each backend runs four cases (a middle block; the first and last blocks, two sites; an
+# ablation then an addition on one site; ablation at all 97 writes, which weight orthogonalisation
+# takes), the three deliberate mistakes and a 4-token greedy decoding on it; the rest runs on the
+# smaller models through the same code (nothing in a backend depends on width or depth but the layer index).
+XL_CASES = ("resid_pre mid", "two sites", "ablate then add, one site", "ablate everywhere")
 XL_NEW_TOKENS = 4
 CASES = {"tiny-mistral-random": REPRESENTATIVE, "tiny-qwen2-random": REPRESENTATIVE, "gpt2-random": REPRESENTATIVE}
 CASES |= {"gpt2-xl-random": XL_CASES, "gpt2-xl": XL_CASES}
@@ -101,12 +114,14 @@ def check_logit_parity(results) -> None:
             if name != "effect" and diff is not None:
                 allowed = results.tolerances[name] * results.scales[label]
                 assert diff <= allowed, f"{label}: {name} is {diff:.2e} from the reference (allowed {allowed:.1e})"
-    assert all(
-        row["bias_editing"] is None for label, row in results.table.items() if "2-D" in label or "start" in label
-    )
-    # Bias editing folds resid_pre of block 0 into a position table; rotary models have none.
-    if "resid_pre L0" in results.table:  # not among XL_CASES
-        assert (results.table["resid_pre L0"]["bias_editing"] is None) == (results.model_type != "gpt2")
+    # Who sits out, and only there: bias editing adds one vector at every position of every row;
+    # weight orthogonalisation takes whole ablations at the weights that write.
+    for label, row in results.table.items():
+        operator = label in OPERATOR_CASES
+        assert (row["bias_editing"] is None) == (
+            operator or "2-D" in label or "start" in label or label == "resid_pre L0" and results.model_type != "gpt2"
+        ), label
+        assert (row["weight_orthogonalisation"] is None) == (label != "ablate everywhere"), label
 
 
 # nnsight 0.8.1 on transformers 4 decodes a left-padded batch with frozen positions, unsteered too
@@ -172,7 +187,8 @@ def test_the_generation_check_catches_positions_that_restart_at_each_step(monkey
     monkeypatch.setattr(spec_module, "token_positions", forgetful)
     runner = Runner("pytorch_hooks", lambda: tiny, backend("pytorch_hooks").steer)
     ids, mask = left_pad(tokenizer, PROMPTS)
-    with runner.steer(tiny, generation_specs(4, 64, residual_rms(tiny, ids, mask) / 4, position_dependent=True)):
+    specs = generation_specs(4, 64, residual_rms(tiny, ids, mask) / 4, stream_directions(tiny, ids, mask))
+    with runner.steer(tiny, specs["positions"]):
         _, no_cache_steps = greedy_no_cache(runner, ids, mask)  # no cache: positions still right
         _, steps = runner.generate(ids, mask, N_NEW)
     allowed = tolerance(RELATIVE_TOLERANCES["pytorch_hooks"] + RELATIVE_ROUNDING, no_cache_steps)
