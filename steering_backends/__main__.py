@@ -357,8 +357,12 @@ def main_job(argv: list[str]) -> None:
         _progress(args.full_parity, f"{len(cases)} parity cases: {runner.name}")
         for case, diff in runner_diffs(runner, cases, refs, ids, mask).items():
             table[case][runner.name] = diff
-        with runner.steer(runner.model, [spec]):
-            print(f"{runner.name:>24}: {tokenizer.decode(runner.generate(ids, mask, args.max_new_tokens)[0][0])!r}")
+        try:
+            with runner.steer(runner.model, [spec]):
+                text = repr(tokenizer.decode(runner.generate(ids, mask, args.max_new_tokens)[0][0]))
+        except ValueError as err:  # a backend that cannot steer this site of this model says why (n/a below)
+            text = f"n/a: {err}"
+        print(f"{runner.name:>24}: {text}")
     for name, why in skipped.items():
         print(f"{name:>24}: skipped, {why}")
     print(f"\nmax |Δlogit| against {REFERENCE} on the prompt (effect: steered vs unsteered)\n")

@@ -22,38 +22,47 @@ from collections.abc import Iterable, Iterator
 import torch
 from baukit import TraceDict
 
-from .layout import Layout, dims, get_module, layout_of, site_module_name
+from .layout import Layout, dims, get_module, layout_of, site_module_name, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
 
 
-def _traced_module(layout: Layout, layer: int, site: str) -> str:
+def _traced_module(model: torch.nn.Module, layout: Layout, layer: int, site: str) -> str:
     """Name of the module whose output carries (layer, site)."""
     if site != "resid_pre":
         return site_module_name(layout, layer, site)
-    return layout.embed_out if layer == 0 else site_module_name(layout, layer - 1, "resid_post")
+    if layer > 0:
+        return site_module_name(layout, layer - 1, "resid_post")
+    if layout.embed_out is None:
+        raise ValueError(
+            f"model type {model.config.model_type!r} scales the token embeddings inside the decoder's forward, so "
+            "no module outputs block 0's input, and TraceDict edits module outputs only: (layer=0, "
+            "site='resid_pre') is out of its reach; use a backend that edits a block's input (pytorch_hooks)"
+        )
+    return layout.embed_out
 
 
 @contextlib.contextmanager
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; every hook is removed on exit, even on error."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model), hooks=True)
+    plan = SteeringPlan(specs, *dims(model), hooks=True, sublayer_scale=sublayer_scale(model))
     decoder = get_module(model, layout.decoder)
     refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
     # Module name -> the (layer, site)s its output carries. plan.sites is in forward order, so
     # resid_post of block L is added before resid_pre of block L + 1, as in every other backend.
     edits: dict[str, list[tuple[int, str]]] = {}
     for layer, site in plan.sites:
-        name = _traced_module(layout, layer, site)
+        name = _traced_module(model, layout, layer, site)
         get_module(model, name)  # TraceDict would leave earlier hooks behind on a bad name
         edits.setdefault(name, []).append((layer, site))
 
     # Where block 0's input is the token embedding's output (Llama), a call with inputs_embeds
     # never runs that module: resid_pre of block 0 is then steered on inputs_embeds itself.
-    embed_out = get_module(model, layout.embed_out)
-    embeds_skip_it = (0, "resid_pre") in plan.by_site and embed_out is model.get_input_embeddings()
+    embeds_skip_it = (0, "resid_pre") in plan.by_site and get_module(
+        model, layout.embed_out
+    ) is model.get_input_embeddings()
 
     def begin_call(m, args, kwargs):
         plan.begin_call(args, kwargs)

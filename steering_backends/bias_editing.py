@@ -34,24 +34,32 @@ from typing import Any
 
 import torch
 
-from .layout import Layout, dims, get_module, layout_of
+from .layout import Layout, dims, get_module, layout_of, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec
 
 __all__ = ["steer"]
 
 
-def _target(layout: Layout, layer: int, site: str) -> str:
+def _target(model: torch.nn.Module, layout: Layout, layer: int, site: str) -> str:
     """Dotted name of the parameter that absorbs a constant added at (layer, site)."""
+    where = f"model type {model.config.model_type!r}, layer={layer}, site={site!r}"
     if site == "resid_pre":
         if layer == 0:
             if layout.pos_embed is None:
                 raise ValueError(
-                    "site='resid_pre' at layer 0 needs a learned position table, which this model lacks "
-                    "(rotary positions); use a hook backend"
+                    f"{where}: needs a learned position table, which this model lacks (rotary positions); "
+                    "use a hook backend"
                 )
             return f"{layout.pos_embed}.weight"
         layer, site = layer - 1, "resid_post"
     proj = layout.attn_out_proj if site == "attn_out" else layout.mlp_out_proj
+    if proj is None:  # resid_post ends with mlp_out
+        module = f"{layout.blocks}.{layer}.{layout.attn if site == 'attn_out' else layout.mlp}"
+        raise ValueError(
+            f"{where}: what the {'attention' if site == 'attn_out' else 'MLP'} sublayer adds to the stream is the "
+            f"output of {module} ({type(get_module(model, module)).__name__}), not of a projection whose bias "
+            "could absorb a constant; use a hook backend"
+        )
     return f"{layout.blocks}.{layer}.{proj}.bias"
 
 
@@ -59,7 +67,7 @@ def _target(layout: Layout, layer: int, site: str) -> str:
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block by editing biases; restored bitwise on exit."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model))
+    plan = SteeringPlan(specs, *dims(model), sublayer_scale=sublayer_scale(model))
     for i, spec in enumerate(plan.specs):
         if spec.op != "add":
             raise ValueError(
@@ -83,10 +91,13 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
         )
     additions: dict[str, torch.Tensor] = {}
     for (layer, site), site_specs in plan.by_site.items():
-        name = _target(layout, layer, site)
+        name = _target(model, layout, layer, site)
+        # resid_post (and resid_pre of the next block) lands on the MLP's last bias, which reaches the stream
+        # times the block's sublayer scale, as the MLP's output does (the plan has divided mlp_out's already).
+        scale = sublayer_scale(model) if site in ("resid_pre", "resid_post") and name.endswith(".bias") else 1.0
         for spec in site_specs:  # summed in at least float32, so a bf16 vector is not rounded again
             vector = spec.vector.detach().to(torch.promote_types(spec.vector.dtype, torch.float32))
-            additions[name] = additions.get(name, 0) + spec.coeff * vector
+            additions[name] = additions.get(name, 0) + spec.coeff / scale * vector
     targets = {name: _owner(model, name) for name in additions}
     offloaded = {name: _offload_hook(model, name) for name, (module, _) in targets.items() if _on_meta(module)}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .layout import dims, get_module, layout_of, site_module_name
+from .layout import dims, get_module, layout_of, site_module_name, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec
 
 __all__ = ["steer"]
@@ -100,7 +100,7 @@ def _unwrap(model: torch.nn.Module, name: str, ours: _Wrapper) -> None:
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; the original modules are back on exit."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model))
+    plan = SteeringPlan(specs, *dims(model), sublayer_scale=sublayer_scale(model))
     sites_by_module: dict[str, tuple[int, list[str]]] = {}
     for layer, site in plan.sites:
         name = site_module_name(layout, layer, site)

@@ -114,17 +114,34 @@ def random_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
             "num_hidden_layers": n_layers,
             "hidden_size": d_model,
             "num_attention_heads": n_heads,
-            "num_key_value_heads": max(1, n_heads // 2),
             "intermediate_size": 4 * d_model,
             "max_position_embeddings": 1024,
             "bos_token_id": 50256,
             "eos_token_id": 50256,
         }
+        if model_type != "gpt_neox":  # GPT-NeoX has no grouped key/value heads
+            sizes["num_key_value_heads"] = max(1, n_heads // 2)
+    sizes |= ARCHITECTURE_OPTIONS.get(model_type, {})
     config = AutoConfig.for_model(model_type, vocab_size=50257, name_or_path=name, **sizes)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
+    model.config.architectures = [type(model).__name__]  # as from_pretrained records it (TransformerLens reads it)
     return model.to(dtype).eval()
+
+
+# What the tiny random models of some types need beyond their sizes: Gemma's head width (its
+# default, 256, ignores d_model); Phi-3's padding token inside GPT-2's vocabulary; 4 experts of
+# width d_model, 2 chosen per token; Granite's multipliers as Granite 3 models set them, so that its rule shows.
+ARCHITECTURE_OPTIONS: dict[str, dict[str, Any]] = {
+    "gemma": {"head_dim": 16},
+    "gemma2": {"head_dim": 16},
+    "gemma3_text": {"head_dim": 16},
+    "phi3": {"pad_token_id": 50256},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "granite": {"residual_multiplier": 0.22, "embedding_multiplier": 12.0},
+}
 
 
 def smollm2_gguf() -> Path:

@@ -57,7 +57,7 @@ import torch
 from nnsight import Envoy
 from nnsight.intervention.interleaver import OutOfOrderError
 
-from .layout import dims, get_module, layout_of, site_module_name
+from .layout import dims, get_module, layout_of, site_module_name, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec
 
 __all__ = ["nnsight_from_hf", "steer"]
@@ -101,7 +101,7 @@ def steer(lm: Envoy, specs: Iterable[SteeringSpec]) -> Iterator[Envoy]:
         )
     hf = lm._module
     layout = layout_of(hf)
-    plan = SteeringPlan(specs, *dims(hf))
+    plan = SteeringPlan(specs, *dims(hf), sublayer_scale=sublayer_scale(hf))
     if hf.training and getattr(hf, "is_gradient_checkpointing", False):
         raise ValueError(
             "gradient checkpointing is on in train() mode: its recompute runs during backward, outside nnsight's "

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import BACKENDS, backend
-from .layout import layout_of
+from .layout import dims, layout_of
 from .prompts import hf_positions, left_pad
 from .spec import SteeringSpec, ablate_everywhere
 
@@ -269,28 +269,39 @@ def operator_cases(n_layers: int, direction: Callable[[int], torch.Tensor]) -> d
 
 
 def supports(runner: Runner, specs: list[SteeringSpec]) -> bool:
-    """Bias editing takes only position-independent additions on every row, and resid_pre of
-    block 0 only where a position table can absorb it; weight orthogonalisation only whole
-    ablations where one weight writes (decided from the specs alone, so an addition case skips it
-    without building anything); the other backends take every spec."""
+    """Whether ``runner`` takes ``specs`` on its model, decided from the specs and the layout alone
+    (so a case it cannot take skips it without building anything). Bias editing takes
+    position-independent additions on every row, where a projection's bias (or a position table)
+    ends the site; weight orthogonalisation whole ablations where one projection (or the
+    embeddings) writes; baukit every spec but resid_pre of block 0 where no module outputs it;
+    the other backends every spec."""
+    if runner.name not in ("bias_editing", "weight_orthogonalisation", "baukit_tracedict"):
+        return True
+    layout, (n_layers, _) = layout_of(runner.model), dims(runner.model)
+
+    def first_block(spec: SteeringSpec) -> bool:
+        return spec.site == "resid_pre" and spec.layer % n_layers == 0
+
+    def projection(spec: SteeringSpec) -> str | None:  # the projection whose output ends the site
+        return layout.attn_out_proj if spec.site == "attn_out" else layout.mlp_out_proj
+
+    if runner.name == "baukit_tracedict":
+        return layout.embed_out is not None or not any(first_block(s) for s in specs)
     if runner.name == "weight_orthogonalisation":
         return all(
             s.op == "ablate"
             and s.coeff == 1
             and s.start == 0
             and s.rows is None
-            and (s.site in ("attn_out", "mlp_out") or (s.layer, s.site) == (0, "resid_pre"))
+            and (first_block(s) or s.site in ("attn_out", "mlp_out") and projection(s) is not None)
             for s in specs
         )
-    if runner.name != "bias_editing":
-        return True
-    has_position_table = layout_of(runner.model).pos_embed is not None
     return all(
         s.op == "add"
         and not s.per_position
         and s.start == 0
         and s.rows is None
-        and (has_position_table or (s.layer, s.site) != (0, "resid_pre"))
+        and (layout.pos_embed is not None if first_block(s) else projection(s) is not None)
         for s in specs
     )
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from .layout import dims, get_module, layout_of, site_module_name
+from .layout import dims, get_module, layout_of, site_module_name, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
@@ -30,7 +30,7 @@ __all__ = ["steer"]
 def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer a HF causal LM inside the block; every hook is removed on exit, even on error."""
     layout = layout_of(model)
-    plan = SteeringPlan(specs, *dims(model), hooks=True)
+    plan = SteeringPlan(specs, *dims(model), hooks=True, sublayer_scale=sublayer_scale(model))
     decoder = get_module(model, layout.decoder)
     refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
     targets = [(get_module(model, site_module_name(layout, layer, site)), layer, site) for layer, site in plan.sites]

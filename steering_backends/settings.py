@@ -38,6 +38,17 @@ RANDOM_CONFIGS: dict[str, tuple[str, int, int, int]] = {
     "tiny-qwen2-random": ("qwen2", 4, 64, 4),
     "gpt2-random": ("gpt2", 12, 768, 12),  # GPT-2 small shape, 124 M
     "gpt2-xl-random": ("gpt2", 48, 1600, 25),  # GPT-2-XL shape, 1.56 B, ~6.7 GB in float32
+    # The architectures people steer today, each with a rule of its own (layout.LAYOUTS):
+    "tiny-gemma-random": ("gemma", 4, 64, 4),  # embeddings scaled by sqrt(d_model); tied
+    "tiny-gemma2-random": ("gemma2", 4, 64, 4),  # post-norm sublayers, soft-capped logits
+    "tiny-gemma3-random": ("gemma3_text", 4, 64, 4),  # post-norm sublayers, q/k norms
+    "tiny-olmo2-random": ("olmo2", 4, 64, 4),  # post-norm sublayers only
+    "tiny-pythia-random": ("gpt_neox", 4, 64, 4),  # parallel residual
+    "tiny-phi3-random": ("phi3", 4, 64, 4),  # fused qkv_proj and gate_up_proj
+    "tiny-qwen3-random": ("qwen3", 4, 64, 4),  # q/k norms
+    "tiny-granite-random": ("granite", 4, 64, 4),  # sublayer outputs and embeddings multiplied
+    "tiny-qwen3-moe-random": ("qwen3_moe", 4, 64, 4),  # sparse MoE MLP, 4 experts, top 2
+    "tiny-mixtral-random": ("mixtral", 4, 64, 4),  # sparse MoE MLP, 4 experts, top 2
 }
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_SHAPE = ("llama", 30, 576, 9)  # SmolLM2-135M-Instruct, as its GGUF file describes it

@@ -29,7 +29,7 @@ import sys
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -342,7 +342,9 @@ class SteeringPlan:
     """Validated specs for one model; immutable once built. Per-call state lives apart from it.
 
     Raises ValueError naming the spec and the allowed values before anything touches
-    the model. ``sites`` restricts the sites a backend can intercept.
+    the model. ``sites`` restricts the sites a backend can intercept. ``sublayer_scale``: what the
+    block multiplies attn_out's and mlp_out's module output by before adding it to the stream
+    (layout.sublayer_scale; Granite's residual_multiplier), for backends that steer that output.
 
     A decoder call's positions and masks belong to that call: ``record_call`` / ``begin_call``
     put them in a ``contextvars.ContextVar`` of this plan, which ``steer`` reads. Each thread
@@ -360,10 +362,14 @@ class SteeringPlan:
         d_model: int,
         sites: Sequence[str] = SITES,
         hooks: bool = False,
+        sublayer_scale: float = 1.0,
     ) -> None:
         specs = list(specs)
         self.hooks = hooks  # steered through module hooks: torch.compile must guard on them
+        if not (math.isfinite(sublayer_scale) and sublayer_scale > 0):
+            raise ValueError(f"sublayer_scale={sublayer_scale!r} must be a finite number > 0")
         self.by_site: dict[tuple[int, str], list[SteeringSpec]] = {}
+        applied = []  # the specs as steer() applies them
         for i, spec in enumerate(specs):
             if not isinstance(spec, SteeringSpec):
                 raise TypeError(f"specs[{i}] must be a SteeringSpec, got {type(spec).__name__}")
@@ -378,10 +384,15 @@ class SteeringPlan:
                 raise ValueError(
                     f"specs[{i}].vector has width {spec.vector.shape[-1]}, but this model's d_model is {d_model}"
                 )
+            if spec.site in ("attn_out", "mlp_out") and spec.op != "ablate":
+                # Specs speak of the stream; the module's output reaches it times sublayer_scale.
+                # An ablation is the same at any scale; an addition and a cap's bound are divided by it.
+                spec = replace(spec, coeff=spec.coeff / sublayer_scale) if sublayer_scale != 1 else spec
+            applied.append(spec)
             self.by_site.setdefault((spec.layer % n_layers, spec.site), []).append(spec)
         self.specs = specs
         self._needs_length_check = any(spec.per_position for spec in specs)
-        self._row_specs = [(i, spec) for i, spec in enumerate(specs) if spec.rows is not None]
+        self._row_specs = [(i, spec) for i, spec in enumerate(applied) if spec.rows is not None]
         # coeff * vector (ablate, cap: the unit direction) per (spec, dtype, device), made on first
         # use: once per steer block, not once per forward (the same for every call, so shared). A
         # vector that requires grad is scaled afresh each time, so each forward has its own graph to it.

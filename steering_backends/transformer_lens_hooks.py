@@ -4,7 +4,9 @@
     with steer(bridge, [SteeringSpec(layer=6, site="resid_pre", vector=v, coeff=5.0)]):
         logits = bridge(input_ids, attention_mask=mask)
 
-Our site names are TransformerLens's own: (layer, site) -> ``blocks.{layer}.hook_{site}``.
+Our site names are TransformerLens's own: (layer, site) -> ``blocks.{layer}.hook_{site}``, and
+so are their meanings: hook_attn_out and hook_mlp_out carry what the sublayer adds to the stream
+(after Gemma 2's post-norms, after Granite's residual multiplier), so specs apply as they are.
 TransformerLens hook functions see only the activation, not the attention mask, so
 one plain PyTorch pre-hook on the wrapped HF decoder records token positions.
 

@@ -66,9 +66,15 @@ def _writers(model: torch.nn.Module, layer: int, site: str) -> list[tuple[torch.
         tables = [model.get_input_embeddings()]
         tables += [] if layout.pos_embed is None else [get_module(model, layout.pos_embed)]
         return [(table, "weight", -1) for table in tables]  # [rows, d_model]
-    proj = get_module(
-        model, f"{layout.blocks}.{layer}.{layout.attn_out_proj if site == 'attn_out' else layout.mlp_out_proj}"
-    )
+    proj_name = layout.attn_out_proj if site == "attn_out" else layout.mlp_out_proj
+    if proj_name is None:
+        module = f"{layout.blocks}.{layer}.{layout.attn if site == 'attn_out' else layout.mlp}"
+        raise ValueError(
+            f"model type {model.config.model_type!r}, layer={layer}, site={site!r}: what the sublayer adds to the "
+            f"stream is the output of {module} ({type(get_module(model, module)).__name__}), not of one weight "
+            "to orthogonalise; use a hook backend"
+        )
+    proj = get_module(model, f"{layout.blocks}.{layer}.{proj_name}")
     out_dim = 0 if isinstance(proj, torch.nn.Linear) else -1  # Linear: [out, in]; GPT-2's Conv1D: [in, out]
     return [(proj, "weight", out_dim)] + ([] if proj.bias is None else [(proj, "bias", -1)])
 

@@ -168,7 +168,9 @@ def run_suite(
     for runner in runners:  # runner by runner, bridge last: it may take over the model
         for label, diff in runner_diffs(runner, cases, refs, ids, mask).items():
             table[label][runner.name] = diff
-        kind = next(kind for kind, specs in gen_specs.items() if supports(runner, specs))
+        kind = next((kind for kind, specs in gen_specs.items() if supports(runner, specs)), None)
+        if kind is None:  # bias editing and weight orthogonalisation on post-norm sublayers: nothing to decode
+            continue
         if kind not in no_cache:
             with reference.steer(reference.model, gen_specs[kind]):
                 no_cache[kind] = greedy_no_cache(reference, ids, mask, n_new)

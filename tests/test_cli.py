@@ -110,12 +110,15 @@ def test_an_unreachable_hub_is_found_out_at_once_without_hf_hub_offline(tmp_path
 
 def test_a_folder_of_an_unsupported_model_type_gets_the_layout_error(tmp_path, capsys):
     config = AutoConfig.for_model(
-        "gpt_neox", vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        "opt", vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     line = error_line(run_main(capsys, "--model", str(tmp_path)))
-    assert "argument --model: model type 'gpt_neox'" in line
-    assert "not supported; supported model types: gpt2, llama, mistral, qwen2" in line
+    assert "argument --model: model type 'opt'" in line
+    assert (
+        "not supported; supported model types: gemma, gemma2, gemma3_text, gpt2, gpt_neox, granite, llama, "
+        "mistral, mixtral, olmo2, phi3, qwen2, qwen3, qwen3_moe" in line
+    )
 
 
 def test_a_folder_without_a_model_says_so(tmp_path, capsys):

@@ -47,7 +47,8 @@ def test_a_name_neither_offline_nor_cached_names_the_offline_models_when_the_hub
     with pytest.raises(
         OSError,
         match="'gpt2-xxl' is not in the local cache and the model hub is unreachable .*; "
-        "offline, use one of smollm2-135m, tiny-gpt2-random, tiny-llama-random, .*, gpt2-xl-random or a folder",
+        "offline, use one of smollm2-135m, tiny-gpt2-random, tiny-llama-random, .*, gpt2-xl-random, .*, "
+        "tiny-mixtral-random or a folder",
     ):
         load("gpt2-xxl")
 
