@@ -5,6 +5,9 @@
         prompt, params = steered(llm, ids, [SteeringSpec(21, "resid_post", v, 4.0)], SamplingParams(max_tokens=20))
         outputs = llm.generate([prompt, {"prompt_token_ids": ids}], [params, SamplingParams(max_tokens=20)])
 
+    vllm serve FOLDER --worker-cls steering_backends.vllm_worker.SteeringWorker --enforce-eager   # hooks from the start
+    client.completions.create(model=FOLDER, prompt=ids, max_tokens=20, extra_body=steering_body(specs))
+
 A request carries its specs as JSON in ``SamplingParams.extra_args["steering"]`` (the OpenAI server takes the
 same as ``extra_body={"vllm_xargs": {...}}``: ``steering_body``), so one batch mixes unsteered requests and
 different vectors. Its prompt carries ``cache_salt`` = SHA-256 of that JSON: vLLM's prefix cache keys blocks by
@@ -166,6 +169,33 @@ class SteeringExtension:
         self._steering_handles = None
         if handles is not None:
             handles.close()
+
+
+def __getattr__(name: str) -> Any:
+    # SteeringWorker subclasses this platform's worker, which is imported only when vLLM asks for it.
+    if name == "SteeringWorker":
+        return _steering_worker()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _steering_worker() -> type:
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        from vllm.v1.worker.cpu_worker import CPUWorker as Worker
+    else:  # CUDA and ROCm
+        from vllm.v1.worker.gpu_worker import Worker
+
+    class SteeringWorker(SteeringExtension, Worker):
+        """vLLM's worker with the hooks installed once the model is loaded (``vllm serve --worker-cls``)."""
+
+        def load_model(self, *args: Any, **kwargs: Any) -> None:
+            super().load_model(*args, **kwargs)
+            self.steering_install()
+
+    SteeringWorker.__module__, SteeringWorker.__qualname__ = __name__, "SteeringWorker"  # importable by name
+    return SteeringWorker
 
 
 class _Step:

@@ -10,6 +10,10 @@ so a steered request that reused its cached blocks would start from an unsteered
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -23,7 +27,7 @@ from vllm import LLM, SamplingParams
 
 from steering_backends import models, pytorch_hooks
 from steering_backends.spec import SteeringSpec
-from steering_backends.vllm_worker import EXTENSION, steer, steered, steering_json
+from steering_backends.vllm_worker import EXTENSION, steer, steered, steering_body, steering_json
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default would reserve 4
 NEW_TOKENS = 12
@@ -179,3 +183,66 @@ def test_the_json_a_request_carries_is_the_specs(ids):
             spec.op,
         )
         assert torch.equal(back.vector, spec.vector)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """vLLM's OpenAI-compatible server of SmolLM2 with SteeringWorker, on a free localhost port; stopped
+    after the module."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = str(models.cache_dir() / models.SMOLLM2)
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    # The server `vllm serve` starts; that command of vllm-cpu 0.32.0 stops before parsing its arguments
+    # (it asks for the version of a distribution named "vllm", which the CPU build is not).
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port", str(port)]
+    command += ["--worker-cls", "steering_backends.vllm_worker.SteeringWorker", "--enforce-eager", "--dtype", "float32"]
+    command += ["--max-model-len", "256", "--seed", "0"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 (not listening yet: connection refused, of whatever type openai raises)
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vllm serve did not answer within 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(2)
+        yield client, folder
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_the_server_steers_the_requests_that_name_steering_in_extra_body(server, hf, ids, runs):
+    """Over HTTP with the openai client: a request whose extra_body carries specs (steering_body) gets
+    pytorch_hooks' tokens, and one without gets the unsteered tokens, from the same server."""
+    client, folder = server
+
+    def tokens(**extra):
+        response = client.completions.create(
+            model=folder,
+            prompt=ids,
+            max_tokens=NEW_TOKENS,
+            temperature=0,
+            extra_body={"return_token_ids": True, **extra},
+        )
+        return response.choices[0].token_ids
+
+    assert (
+        tokens(**steering_body(CASES["resid_post"]))
+        == runs["resid_post"][0]
+        == _hf_greedy(hf, ids, CASES["resid_post"])[0]
+    )
+    assert tokens() == runs["unsteered alone"][0]
