@@ -42,9 +42,9 @@ PROMPT = (
 LOGPROB_TOLERANCE = 1e-4
 
 
-def _vector(seed: int, scale: float, rows: int | None = None) -> torch.Tensor:
+def _vector(seed: int, scale: float, rows: int | None = None, width: int = 576) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    shape = (576,) if rows is None else (rows, 576)
+    shape = (width,) if rows is None else (rows, width)
     return torch.randn(shape, generator=generator) * scale
 
 
@@ -246,3 +246,50 @@ def test_the_server_steers_the_requests_that_name_steering_in_extra_body(server,
         == _hf_greedy(hf, ids, CASES["resid_post"])[0]
     )
     assert tokens() == runs["unsteered alone"][0]
+
+
+GPT2_CASES = {  # a random GPT-2 (4 blocks, d_model 128, 2 heads): large coefficients, so each changes its tokens
+    "resid_pre of block 0": [SteeringSpec(0, "resid_pre", _vector(1, 1.0, width=128), 8.0)],
+    "resid_post": [SteeringSpec(2, "resid_post", _vector(2, 1.0, width=128), 8.0)],
+    "attn_out, start 20": [SteeringSpec(1, "attn_out", _vector(3, 1.0, width=128), 8.0, start=20)],
+    "mlp_out": [SteeringSpec(3, "mlp_out", _vector(4, 1.0, width=128), 8.0)],
+}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU binds one core per rank")
+def test_gpt2_under_tensor_parallelism_gives_pytorch_hooks_tokens(tmp_path, monkeypatch):
+    """GPT-2's blocks pass the stream itself; with tensor_parallel_size=2 each rank adds the same vector to the
+    stream it holds whole after each all-reduce. One request per site in one batch, as pytorch_hooks steers."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=128, n_head=2, n_positions=256)).eval()
+    model.save_pretrained(tmp_path)
+    models.gpt2_tokenizer().save_pretrained(tmp_path)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank (vLLM refuses to choose on 1 NUMA node)
+    llm = LLM(
+        str(tmp_path),
+        worker_extension_cls=EXTENSION,
+        enforce_eager=True,
+        dtype="float32",
+        max_model_len=256,
+        max_num_batched_tokens=32,
+        block_size=32,
+        tensor_parallel_size=2,
+        seed=0,
+    )
+    try:
+        ids = list(range(100, 140))
+        greedy = _greedy(logprobs=False)
+        with steer(llm):
+            requests = [steered(llm, ids, specs, greedy) for specs in [[], *GPT2_CASES.values()]]
+            outputs = llm.generate([p for p, _ in requests], [s for _, s in requests], use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    unsteered, *steered_tokens = (list(o.outputs[0].token_ids) for o in outputs)
+    for specs, tokens in zip([[], *GPT2_CASES.values()], [unsteered, *steered_tokens], strict=True):
+        with pytorch_hooks.steer(model, specs):
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        assert tokens == expected[0, len(ids) :].tolist()
+        assert not specs or tokens != unsteered  # the steering changes the tokens, so the check can fail
