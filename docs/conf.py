@@ -46,9 +46,10 @@ nb_execution_mode = "off"
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3  # [text](#a-heading) links, as on GitHub
 
-# The backends import baukit (not on PyPI) and nnsight at module level. autodoc only reads their
-# docstrings and signatures, so stand-ins keep the build independent of those optional installs.
-autodoc_mock_imports = ["baukit", "nnsight"]
+# The backends import baukit (not on PyPI), nnsight and vllm (its own environment) at module level.
+# autodoc only reads their docstrings and signatures, so stand-ins keep the build independent of
+# those optional installs.
+autodoc_mock_imports = ["baukit", "nnsight", "vllm"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 # Inline `name` in a docstring is code, as the docstrings mean it (reST's default is italics).
@@ -57,7 +58,7 @@ default_role = "code"
 # Nitpicky mode checks every cross-reference. Classes of other libraries cannot be resolved
 # without intersphinx, which needs the network; these are the ones the backends' signatures name.
 nitpick_ignore_regex = [
-    ("py:class", r"(torch|transformers|nnsight|transformer_lens)\..*"),
+    ("py:class", r"(torch|transformers|nnsight|transformer_lens|vllm)\..*"),
     ("py:class", r"(Any|Iterable|Iterator|Envoy|collections\.abc\.(Iterable|Iterator|Sequence))(\[.*\])?"),
 ]
 

@@ -169,6 +169,7 @@ def smollm2(dtype: torch.dtype = torch.float32, **dispatch: Any):
     gguf, folder = smollm2_gguf(), cache_dir() / SMOLLM2
     if not _cache_is_valid(folder, gguf):
         _convert_gguf(gguf, folder)
+    _record_architectures(folder)
     # Not AutoTokenizer: transformers 5 saves the class name "TokenizersBackend", which 4 cannot
     # resolve. In 5, PreTrainedTokenizerFast *is* TokenizersBackend, the class AutoTokenizer picks.
     # The inputs a Llama takes, named: transformers 4's PreTrainedTokenizerFast adds token_type_ids
@@ -333,6 +334,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     # tensors directly; the tied lm_head is re-tied from the config on load.
     if hasattr(model.config, "quantization_config"):  # transformers 5 sets one, 4 does not
         del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]  # loaded from GGUF, the config names none
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     tensors = {name: t.contiguous() for name, t in model.state_dict().items() if name not in tied}
 
@@ -348,6 +350,24 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     print(f"{SMOLLM2}: converted in {time.perf_counter() - started:.0f} s, cached in {folder}", file=sys.stderr)
+
+
+def _record_architectures(folder: Path) -> None:
+    """Name the model class in a valid cache's config.json if an older conversion left it out, so tools
+    that read ``architectures`` (vLLM) load a causal LM, not a bare ``LlamaModel``. The manifest's checksum
+    follows, so the cache stays valid, also for code that predates this: both files are written aside
+    first, then each replaced whole."""
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("architectures"):
+        return
+    config["architectures"] = ["LlamaForCausalLM"]  # SMOLLM2 is a Llama (its model_type)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    partial = {name: folder / f"{name}.partial-{os.getpid()}" for name in ("config.json", "manifest.json")}
+    partial["config.json"].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    manifest["sha256"]["config.json"] = _sha256(partial["config.json"])
+    partial["manifest.json"].write_text(json.dumps(manifest, indent=1))
+    for name, path in partial.items():
+        path.replace(folder / name)
 
 
 def sentiment_spec(model, tokenizer, sign: int = 1):

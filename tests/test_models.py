@@ -127,6 +127,25 @@ def test_a_damaged_cache_is_not_valid(smol, tmp_path, damage):
     assert not models._cache_is_valid(folder, smollm2_gguf())
 
 
+def test_the_cache_names_its_architecture_and_an_older_cache_gets_it_in_place(smol, tmp_path):
+    """config.json names LlamaForCausalLM (vLLM and other tools read it to pick the class); a cache
+    converted before that is completed in place and stays valid, with nothing converted again."""
+    assert AutoConfig.from_pretrained(cache_dir() / SMOLLM2).architectures == ["LlamaForCausalLM"]
+    folder = tmp_path / SMOLLM2
+    shutil.copytree(cache_dir() / SMOLLM2, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["architectures"]  # as an older conversion wrote it, with its manifest's checksum
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"]["config.json"] = models._sha256(folder / "config.json")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    assert models._cache_is_valid(folder, smollm2_gguf())
+    models._record_architectures(folder)
+    assert AutoConfig.from_pretrained(folder).architectures == ["LlamaForCausalLM"]
+    assert models._cache_is_valid(folder, smollm2_gguf())
+    assert {path.name for path in folder.iterdir()} == {path.name for path in (cache_dir() / SMOLLM2).iterdir()}
+
+
 def test_a_manifest_without_reference_logits_is_not_valid(smol, tmp_path):
     # Caches written before the reference check are converted again, not completed (models._cache_is_valid).
     folder = tmp_path / SMOLLM2
