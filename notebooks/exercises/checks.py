@@ -194,15 +194,18 @@ SWEEP = dict(layers=[9, 21], relatives=[0.25, 1.0], prompts=["I hate you because
 
 @torch.no_grad()  # steering is inference here
 def check_sweep(sweep: Callable) -> None:
-    """sweep(...) returns {(layer, relative): compare(...).summary()} over the whole grid, equal to compare's."""
+    """sweep(...) returns {(layer, relative): Summary} over the whole grid, each setting's its own: the grid's two
+    diagonal settings are recomputed with compare (all four would double the check's time for little more)."""
     assert sweep(None, None, _spec_for, [], [], []) == {}, "an empty grid: an empty dict"
     model, tokenizer = _smollm2()
     got = sweep(model, tokenizer, _spec_for, **SWEEP)
     grid = [(layer, relative) for layer in SWEEP["layers"] for relative in SWEEP["relatives"]]
     assert isinstance(got, dict), f"a dict, not a {type(got).__name__}"
     assert sorted(got) == sorted(grid), f"keys {sorted(got)}, not the grid {grid}"
+    assert all(isinstance(summary, Summary) for summary in got.values()), "each value is a compare(...).summary()"
+    assert len({summary.steered_sentiment for summary in got.values()}) > 1, "every setting scored the same"
     draw = dict(n=SWEEP["n"], max_new_tokens=SWEEP["max_new_tokens"])
-    for layer, relative in grid:
+    for layer, relative in zip(SWEEP["layers"], SWEEP["relatives"], strict=True):
         expected = compare(model, tokenizer, SWEEP["prompts"], [_spec_for(layer, relative)], **draw).summary()
         assert got[layer, relative] == expected, f"({layer}, {relative}): {got[layer, relative]} != {expected}"
     print("block  relative  sentiment shift  perplexity x")
