@@ -1249,7 +1249,8 @@ section 3's pre-hook for any of them, negative blocks included. The check runs b
 
 Then steer a model you load yourself: in the setup cell, load it with
 `AutoModelForCausalLM.from_pretrained(name)` and its tokenizer (offline: `load("tiny-qwen2-random")`), set
-`blocks = find_blocks(model)`, and run sections 2 and 3 again: they read the vector from your model and steer it.""",
+`blocks = find_blocks(model)`, and run sections 2 and 3 again at a block it has (`mean_difference_spec(2, 0.25)`
+for a 4-block model): they read the vector from your model and steer it.""",
         ),
         ("exercise-1-stub", "code", text(STUB_BLOCKS)),
         (
