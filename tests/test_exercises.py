@@ -42,7 +42,7 @@ def test_the_check_passes_on_the_solution(name, check, names):
 @pytest.mark.parametrize(("name", "check", "names"), CASES, ids=IDS)
 def test_the_check_fails_on_the_stub(name, check, names):
     namespace = stubs(name)
-    with pytest.raises((NotImplementedError, AssertionError)):
+    with pytest.raises(NotImplementedError):  # every stub raises it: the check reaches the reader's function
         check(*(namespace[function] for function in names))
 
 
