@@ -1274,9 +1274,10 @@ mean sentiment moves furthest in the expected direction (`summary.expect * summa
 qualifies. The check runs your `sweep` on SmolLM2 (blocks 9 and 21, 0.25 and 1.0, one prompt, two seeds) and
 prints its table, and tries `choose` on made-up tables that catch each mistake.
 
-Then sweep a wider grid with the vector this notebook built: `choose(sweep(model, tokenizer,
-mean_difference_spec, [9, 15, 21, 27], [0.125, 0.25, 0.5, 1.0], prompts, n=4))`. Does the measured setting
-win? It was chosen on more prompts and seeds, and judged on prompts the sweep had not seen.""",
+Then sweep with the vector this notebook built: `choose(sweep(model, tokenizer, mean_difference_spec,
+[15, 21, 27], [0.25, 0.5], prompts))` (each setting reads its vector anew, so this takes minutes on a CPU).
+Does the measured setting win? It was chosen on more prompts and seeds, and judged on prompts the sweep had
+not seen.""",
         ),
         ("exercise-2-stub", "code", text(STUB_SWEEP)),
         (
