@@ -5,8 +5,10 @@
     python notebooks/execute.py 09_nnsight.ipynb           # then run one and save its outputs
 
 Every notebook gets the same headings and cells in the same order; a cell is either shared
-text or one entry per backend. Edit here, not in the .ipynb files: a rewrite drops outputs,
-so re-run the notebooks afterwards.
+text or one entry per backend. A few cells belong to one notebook: 02's colder table, 05's
+annahdo variant, and the ARENA-style exercises of 02 and 05 (stubs tagged ``exercise-stub``,
+checked by notebooks/exercises/checks.py). Edit here, not in the .ipynb files: a rewrite drops
+outputs, so re-run the notebooks afterwards.
 """
 
 from __future__ import annotations
@@ -637,6 +639,85 @@ def library_code(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# 4b. Bias editing only: annahdo's variant, the next block's input bias
+
+VARIANT_MD = (
+    "### Another bias: the next block's input (annahdo's variant)\n\n"
+    "annahdo's bias-editing notebook (GPT-2-XL) folds the vector into block L's *input* instead: each projection "
+    "`p` that reads the block's input norm (GPT-2's `attn.c_attn`; Llama's `q_proj`, `k_proj`, `v_proj`, which "
+    "have no bias) gets the bias `p(v) = v @ W + b`, so it computes `normed @ W + v @ W + b = p(normed + v)`. "
+    "That adds `v` to the norm's output, which only block L's attention reads. Below, the fold against a hook "
+    "adding `v` to the norm's output and a hook adding it to the stream (ours), and how far each moves block L's "
+    "input."
+)
+VARIANT_CODE = """
+next_block = blocks[warm.layer]
+input_norm = next_block.input_layernorm if hasattr(next_block, "input_layernorm") else next_block.ln_1
+attention = next_block.self_attn if hasattr(next_block, "self_attn") else next_block.attn  # reads input_norm's output
+readers = [attention.q_proj, attention.k_proj, attention.v_proj] if hasattr(attention, "q_proj") else [attention.c_attn]
+
+
+@contextlib.contextmanager
+def fold_into_next_bias(addition: torch.Tensor):
+    \"\"\"annahdo's variant: each projection p reading the norm's output gets the bias p(addition) = addition @ W + b,
+    so it computes p(normed + addition). On exit the original bias (or none) is back.\"\"\"
+    originals = [proj.bias for proj in readers]  # Parameters, or None (Llama's q, k, v have no bias)
+    folded = [torch.nn.Parameter(proj(addition), requires_grad=False) for proj in readers]  # computed before any edit
+    for proj, bias in zip(readers, folded, strict=True):
+        proj.bias = bias
+    try:
+        yield
+    finally:
+        for proj, bias in zip(readers, originals, strict=True):
+            proj.register_parameter("bias", bias)  # the very Parameter that was there, or None
+
+
+def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    \"\"\"Logits, block L's input (hidden_states[L]) and its norm's output, BOS left out: [tokens, d_model] each.\"\"\"
+    kept = {}
+    handle = input_norm.register_forward_hook(lambda module, args, output: kept.update(normed=output))
+    try:
+        out = model(prompt, output_hidden_states=True)
+    finally:
+        handle.remove()
+    return out.logits, out.hidden_states[warm.layer][0, 1:], kept["normed"][0, 1:]
+
+
+_, unsteered_input, unsteered_normed = run()
+with fold_into_next_bias(addition):
+    folded_logits, folded_input, _ = run()
+with add_to_input(warm.layer, addition):  # ours: the bias that ends block L - 1, so block L's input
+    stream_logits, stream_input, _ = run()
+handle = input_norm.register_forward_hook(lambda module, args, output: output + addition)  # a tensor: add to it
+try:
+    normed_logits, _, _ = run()
+finally:
+    handle.remove()
+
+for name, logits in [("the norm's output", normed_logits), ("the stream (ours)", stream_logits)]:
+    print(f"folded vs a hook adding to {name}: max |Δlogit| {(folded_logits - logits).abs().max():.1e}")
+for name, block_input in [("folded", folded_input), ("ours", stream_input)]:
+    moved = (block_input - unsteered_input).norm(dim=-1).max()
+    print(f"{name:>6}: block {warm.layer}'s input moves by {moved:.1f} per token (|addition| {addition.norm():.1f})")
+print(
+    f"a typical token: {unsteered_input.norm(dim=-1).median():.1f} in the stream, "
+    f"{unsteered_normed.norm(dim=-1).median():.1f} at the norm's output"
+)
+assert (folded_logits - normed_logits).abs().max() <= 1e-4 * normed_logits.abs().max()  # the same, up to rounding
+assert (folded_input == unsteered_input).all() and not (stream_input == unsteered_input).all()
+"""
+VARIANT_COMMENT_MD = (
+    "The fold is the hook on the norm's output, up to rounding, and not ours: it leaves the residual stream "
+    "entering block L as it was, so block L's MLP and every later block see the vector only through what "
+    "attention made of it. Its units differ too: a typical token is about 30× smaller at the norm's output than in "
+    "the stream, so the same vector is a far larger push there (annahdo reads hers at the norm's output). This "
+    "repository's spec names a point of the residual stream, the one every backend adds to; the bias that ends "
+    "block L − 1 adds exactly there, which is why bias editing gives the hooks' logits (self-check) and the fold "
+    "cannot."
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. Sampled completions
 
 SAMPLING = (
@@ -678,20 +759,20 @@ def compare_code(name: str, spec: str, expect: str) -> str:
 
 
 ONE_PAIR = (
-    "**What the samples show.** The steered sample turns a worried aside (\"I'm not sure what to do\", +0.13) "
-    "into praise (\"she has always been a wonderful partner and has always been a great inspiration to me\", "
+    '**What the samples show.** The steered sample turns a worried aside ("I\'m not sure what to do", +0.13) '
+    'into praise ("she has always been a wonderful partner and has always been a great inspiration to me", '
     "+0.97). Its perplexity under the unsteered model doubles (3.8 → 7.8): the price of the push."
 )
 COMMENT_MD = {name: ONE_PAIR for name in BACKENDS}
 COMMENT_MD["transformer_lens_hooks"] = (  # the bridge samples with its own generate: another pair
-    "**What the samples show.** The steered sample turns a worried aside (\"I'm not sure what to do\", +0.14) "
-    "into warmth (\"I'm excited to have a wonderful partner in this amazing journey\", +0.98). Its perplexity "
+    '**What the samples show.** The steered sample turns a worried aside ("I\'m not sure what to do", +0.14) '
+    'into warmth ("I\'m excited to have a wonderful partner in this amazing journey", +0.98). Its perplexity '
     "under the unsteered model nearly doubles (3.1 → 6.1): the price of the push."
 )
 COMMENT_MD["pytorch_hooks"] = (
     "**What the samples show.** Warmer lifts all four rows (mean +0.62 → +0.97, perplexity ×1.20); colder "
-    "lowers three of four (mean −0.20, perplexity ×1.57), the first going from \"of your pride and your desire "
-    "to be a hero\" (+0.91) to \"of the enemy that has come to destroy you\" (−0.93). The second prompt resists "
+    'lowers three of four (mean −0.20, perplexity ×1.57), the first going from "of your pride and your desire '
+    'to be a hero" (+0.91) to "of the enemy that has come to destroy you" (−0.93). The second prompt resists '
     "colder (+0.39 → +0.39, +0.36 → +0.34): its first-day story stays mild."
 )
 
@@ -999,37 +1080,6 @@ with swapped(warm.layer - 1, AddToOutput(blocks[warm.layer - 1], addition)):
 ```
 </details>
 """,
-    "pytorch_hooks": """
-## 8. Exercise
-
-How many tokens does each forward call see during `generate`? Record `hidden.shape[1]` with a forward pre-hook on
-`blocks[0]` while generating 5 tokens from `prompt`. Why could a hook that steers from position 3 on not use
-`torch.arange(hidden.shape[1])` as the positions?
-
-<details><summary>Solution</summary>
-
-```python
-seen = []
-
-
-def count(module, args, kwargs):
-    seen.append((args[0] if args else kwargs["hidden_states"]).shape[1])
-
-
-handle = blocks[0].register_forward_pre_hook(count, with_kwargs=True)
-try:
-    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
-                   pad_token_id=tokenizer.eos_token_id)
-finally:
-    handle.remove()
-print(seen)  # [5, 1, 1, 1, 1]: the 5 prompt tokens once, then one new token per step
-```
-
-With the KV cache the earlier tokens are not run again: each later call sees one token, whose position is the
-number of tokens before it, but `arange` would call it 0. `spec.py`'s `token_positions` reads positions from the
-attention mask, which covers the cache and the new tokens.
-</details>
-""",
     "baukit_tracedict": """
 ## 8. Exercise
 
@@ -1075,37 +1125,6 @@ about 100× larger than the others and mostly about being first, not about the w
 would be dominated by it, and a warm − cold difference would depend on whether the two sentences start alike.
 </details>
 """,
-    "bias_editing": """
-## 8. Exercise
-
-Steer `attn_out` of block `warm.layer` the same way: give the attention output projection (`self_attn.o_proj` on
-Llama, `attn.c_proj` on GPT-2) the addition as its bias. Check it against
-`steer(model, [SteeringSpec(warm.layer, "attn_out", warm.vector, warm.coeff)])`.
-
-<details><summary>Solution</summary>
-
-```python
-attention = blocks[warm.layer].self_attn if hasattr(model, "model") else blocks[warm.layer].attn
-proj = attention.o_proj if hasattr(attention, "o_proj") else attention.c_proj
-saved = None if proj.bias is None else proj.bias.detach().clone()
-with torch.no_grad():
-    if saved is None:
-        proj.bias = torch.nn.Parameter(addition.clone(), requires_grad=False)
-    else:
-        proj.bias += addition
-try:
-    inline_attn = model(prompt).logits
-finally:
-    with torch.no_grad():
-        if saved is None:
-            proj.register_parameter("bias", None)
-        else:
-            proj.bias.copy_(saved)
-with steer(model, [SteeringSpec(warm.layer, "attn_out", warm.vector, warm.coeff)]):
-    assert torch.equal(model(prompt).logits, inline_attn)
-```
-</details>
-""",
     "nnsight_trace": """
 ## 8. Exercise
 
@@ -1135,6 +1154,178 @@ the one-token call's own `arange`. So the first new token is the unsteered one, 
 """,
 }
 
+# ARENA-style exercises: a stub (cells tagged exercise-stub, which tests/test_exercises.py runs), a check cell
+# running notebooks/exercises/checks.py on it, a difficulty and a time. Solutions: notebooks/solutions/.
+CHECKS_IMPORT = "from exercises import checks  # beside the notebooks: each check builds its own small models\n\n"
+EXERCISES_INTRO = (
+    "## 8. Exercises\n\n"
+    "Each exercise is a stub to fill in and a check cell that runs `notebooks/exercises/checks.py` on it. The "
+    "checks build their own small models (seeded random weights, no download; SmolLM2 for the sweep), so they say "
+    "what is wrong, on any model. Until a stub is written its check says so; the solutions are in "
+    "`notebooks/solutions/{notebook}.py`, and CI runs every check on them and on these stubs."
+)
+STUB_BLOCKS = '''
+import contextlib
+
+import torch
+
+
+def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks of an HF causal LM, in order: n_layers modules, each [batch, pos, d_model] in and out."""
+    raise NotImplementedError("find_blocks")
+
+
+@contextlib.contextmanager
+def add_to_block_input(model: torch.nn.Module, layer: int, addition: torch.Tensor):
+    """Inside the with block, find_blocks(model)[layer] is called with hidden + addition (hidden: [batch, pos,
+    d_model]; addition: [d_model]); afterwards no hook is left, even when the body raised."""
+    raise NotImplementedError("add_to_block_input")
+    yield
+'''
+STUB_SWEEP = '''
+from collections.abc import Callable
+
+import torch
+
+from steering_backends import SteeringSpec
+from steering_backends.compare import Summary, compare
+
+
+def sweep(
+    model: torch.nn.Module,
+    tokenizer,
+    spec_for: Callable[[int, float], SteeringSpec],
+    layers: list[int],
+    relatives: list[float],
+    prompts: list[str],
+    n: int = 2,
+    max_new_tokens: int = 12,
+) -> dict[tuple[int, float], Summary]:
+    """{(layer, relative): compare(model, tokenizer, prompts, [spec_for(layer, relative)], n=n,
+    max_new_tokens=max_new_tokens).summary()} for every layer and relative."""
+    raise NotImplementedError("sweep")
+
+
+def choose(summaries: dict[tuple[int, float], Summary], max_perplexity_ratio: float = 1.5) -> tuple[int, float]:
+    """The (layer, relative) whose sentiment moves furthest in the expected direction, among the settings whose
+    perplexity ratio is at most max_perplexity_ratio; ValueError if there is none."""
+    raise NotImplementedError("choose")
+'''
+STUB_TOKENS = '''
+import torch
+
+
+def tokens_per_call(model: torch.nn.Module, ids: torch.Tensor, n_new: int) -> list[int]:
+    """hidden.shape[1] at block 0 in each forward call of greedy generate from ids [1, T], n_new new tokens."""
+    raise NotImplementedError("tokens_per_call")
+'''
+STUB_ATTN_OUT = '''
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def add_to_attn_out(model: torch.nn.Module, layer: int, addition: torch.Tensor):
+    """Inside the with block, block `layer`'s attention output is + addition ([d_model], at every position),
+    through the bias of its output projection; afterwards the parameters are bitwise as they were."""
+    raise NotImplementedError("add_to_attn_out")
+    yield
+'''
+ARENA = {
+    "pytorch_hooks": [
+        ("exercises", "markdown", EXERCISES_INTRO.format(notebook="02_pytorch_hooks")),
+        (
+            "exercise-1",
+            "markdown",
+            """### 8.1 Steer a model you load yourself
+
+*Difficulty: 2 of 3. About 15 minutes.*
+
+Setup found SmolLM2's blocks by name (`model.model.layers`). Write `find_blocks(model)`, which finds the decoder
+blocks of any HF causal LM without a table of names (GPT-2 keeps them in `transformer.h`, Llama in
+`model.layers`, GPT-NeoX in `gpt_neox.layers`, OPT in `model.decoder.layers`), and `add_to_block_input`,
+section 3's pre-hook for any of them, negative blocks included. The check runs both on all four layouts.
+
+Then steer a model you load yourself: in the setup cell, load it with
+`AutoModelForCausalLM.from_pretrained(name)` and its tokenizer (offline: `load("tiny-qwen2-random")`), set
+`blocks = find_blocks(model)`, and run sections 2 and 3 again at a block it has (`mean_difference_spec(2, 0.25)`
+for a 4-block model): they read the vector from your model and steer it.""",
+        ),
+        ("exercise-1-stub", "code", text(STUB_BLOCKS)),
+        (
+            "exercise-1-check",
+            "code",
+            CHECKS_IMPORT + "checks.run(checks.check_find_blocks, find_blocks)\n"
+            "checks.run(checks.check_add_to_block_input, add_to_block_input)",
+        ),
+        (
+            "exercise-2",
+            "markdown",
+            """### 8.2 Choose a block and a coefficient
+
+*Difficulty: 2 of 3. About 25 minutes.*
+
+Block 21 and 0.25 came from a sweep: steer at several blocks and strengths, score the samples, keep the
+setting that moves sentiment most while the text stays fluent. Write `sweep`, which runs section 5's `compare`
+for each setting of a grid and keeps its `.summary()`, and `choose`, the design rule: among the settings whose
+perplexity is at most `max_perplexity_ratio` × the unsteered one (`summary.perplexity_ratio`), the one whose
+mean sentiment moves furthest in the expected direction (`summary.expect * summary.delta`); `ValueError` if none
+qualifies. The check runs your `sweep` on SmolLM2 (blocks 9 and 21, 0.25 and 1.0, one prompt, two seeds) and
+prints its table, and tries `choose` on made-up tables that catch each mistake.
+
+Then sweep with the vector this notebook built: `choose(sweep(model, tokenizer, mean_difference_spec,
+[15, 21, 27], [0.25, 0.5], prompts))` (each setting reads its vector anew, so this takes minutes on a CPU).
+Does the measured setting win? It was chosen on more prompts and seeds, and judged on prompts the sweep had
+not seen.""",
+        ),
+        ("exercise-2-stub", "code", text(STUB_SWEEP)),
+        (
+            "exercise-2-check",
+            "code",
+            CHECKS_IMPORT + "checks.run(checks.check_sweep, sweep)\nchecks.run(checks.check_choose, choose)",
+        ),
+        (
+            "exercise-3",
+            "markdown",
+            """### 8.3 Positions under the KV cache
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+How many positions does each forward call see during `generate`? Write `tokens_per_call`: record
+`hidden.shape[1]` with a forward pre-hook on block 0 while generating `n_new` tokens greedily (pass
+`min_new_tokens=n_new`, so that EOS cannot end it early). Then: why could a hook that steers from position 3 on
+not use `torch.arange(hidden.shape[1])` as the positions?
+
+<details><summary>Answer</summary>
+
+With the KV cache the earlier tokens are not run again: each call after the first sees one token, whose
+position is the number of tokens before it, but `arange` would call it 0. `spec.py`'s `token_positions` reads
+positions from the attention mask, which covers the cache and the new tokens.
+</details>""",
+        ),
+        ("exercise-3-stub", "code", text(STUB_TOKENS)),
+        ("exercise-3-check", "code", CHECKS_IMPORT + "checks.run(checks.check_tokens_per_call, tokens_per_call)"),
+    ],
+    "bias_editing": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: a bias for `attn_out`
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Steer `attn_out` of a block the way section 3 steers `resid_pre`: give the attention output projection
+(`self_attn.o_proj` on Llama, `attn.c_proj` on GPT-2) the addition as its bias, and put everything back in
+`finally`. The check compares your logits with
+`steer(model, [SteeringSpec(layer, "attn_out", addition)])` on a tiny GPT-2 (whose `c_proj` has a bias) and a
+tiny Llama (whose `o_proj` has none), and the weights afterwards with the weights before, bitwise, also when
+the body raised. Solution: `notebooks/solutions/05_bias_editing.py`; CI runs the check on it and on this stub.""",
+        ),
+        ("exercise-stub", "code", text(STUB_ATTN_OUT)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_add_to_attn_out, add_to_attn_out)"),
+    ],
+}
 
 # ---------------------------------------------------------------------------------------------
 
@@ -1154,6 +1345,12 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("steering", "code", text(STEER_CODE[name]) + SHOW_GREEDY),
         ("library-heading", "markdown", library_md(name)),
         ("library", "code", library_code(name)),
+        *(
+            [("variant-heading", "markdown", VARIANT_MD), ("variant", "code", text(VARIANT_CODE))]
+            + [("variant-comment", "markdown", VARIANT_COMMENT_MD)]
+            if name == "bias_editing"
+            else []
+        ),
         ("compare-heading", "markdown", COMPARE_MD[name]),
         ("compare-warm", "code", compare_code(name, "warm", "+1")),
         *([("compare-cold", "code", compare_code(name, "cold", "-1"))] if name == "pytorch_hooks" else []),
@@ -1164,7 +1361,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("bad-spec", "code", BAD_CODE[name]),
         ("self-check-heading", "markdown", SELF_CHECK_MD),
         ("self-check", "code", self_check_code(name)),
-        ("exercise", "markdown", text(EXERCISE[name])),
+        *(ARENA[name] if name in ARENA else [("exercise", "markdown", text(EXERCISE[name]))]),
     ]
 
 
@@ -1179,6 +1376,8 @@ def notebook(name: str) -> nbformat.NotebookNode:
         cell.id = cell_id
         if cell_id == "bad-spec":
             cell.metadata["tags"] = ["raises-exception"]
+        if cell_id.endswith("-stub"):
+            cell.metadata["tags"] = ["exercise-stub"]  # tests/test_exercises.py runs these against the checks
         nb.cells.append(cell)
     nbformat.validate(nb)
     return nb

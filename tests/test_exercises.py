@@ -1,0 +1,131 @@
+"""The notebooks' exercises, both ways: every check (notebooks/exercises/checks.py) passes on its solution
+(notebooks/solutions/) and fails on the stub the notebook shows (its cells tagged ``exercise-stub``), so
+neither a wrong solution nor a check that cannot fail gets through. The notebooks' check cells call the same
+checks, and no solution reaches into a private attribute."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+sys.path.insert(0, str(NOTEBOOKS))  # exercises/ and solutions/ sit beside the notebooks, as a reader imports them
+from exercises import checks  # noqa: E402
+
+CASES = [(name, check, names) for name, entries in checks.EXERCISES.items() for check, names in entries]
+IDS = [f"{name}:{check.__name__}" for name, check, _ in CASES]
+
+
+def stubs(name: str) -> dict:
+    """The namespace the notebook's stub cells define, run on their own (each imports what it needs)."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    namespace: dict = {}
+    for cell in notebook.cells:
+        if "exercise-stub" in cell.metadata.get("tags", []):
+            exec(compile(cell.source, f"{name}.ipynb", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize(("name", "check", "names"), CASES, ids=IDS)
+def test_the_check_passes_on_the_solution(name, check, names):
+    solution = importlib.import_module(f"solutions.{name}")
+    check(*(getattr(solution, function) for function in names))
+
+
+@pytest.mark.parametrize(("name", "check", "names"), CASES, ids=IDS)
+def test_the_check_fails_on_the_stub(name, check, names):
+    namespace = stubs(name)
+    with pytest.raises(NotImplementedError):  # every stub raises it: the check reaches the reader's function
+        check(*(namespace[function] for function in names))
+
+
+def wrong_answers() -> list[tuple[str, object, object]]:
+    """(what is wrong, check, the wrong function): mistakes a reader could make, each of which its check catches."""
+    solution = importlib.import_module("solutions.02_pytorch_hooks")
+    find_blocks = solution.find_blocks
+
+    @contextlib.contextmanager
+    def adds_to_the_output(model, layer, addition):  # block L's output is block L + 1's input, not block L's
+        handle = find_blocks(model)[layer].register_forward_hook(lambda module, args, output: output + addition)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def no_finally(model, layer, addition):  # an exception in the body leaves the hook on
+        def hook(module, args, kwargs):
+            return (args[0] + addition, *args[1:]), kwargs
+
+        handle = find_blocks(model)[layer].register_forward_pre_hook(hook, with_kwargs=True)
+        yield
+        handle.remove()
+
+    @contextlib.contextmanager
+    def bias_left_on_error(model, layer, addition):  # the 05 exercise without finally
+        blocks = model.model.layers if hasattr(model, "model") else model.transformer.h
+        attention = blocks[layer].self_attn if hasattr(blocks[layer], "self_attn") else blocks[layer].attn
+        proj = attention.o_proj if hasattr(attention, "o_proj") else attention.c_proj
+        saved = None if proj.bias is None else proj.bias.detach().clone()
+        with torch.no_grad():
+            if saved is None:
+                proj.bias = torch.nn.Parameter(addition.clone(), requires_grad=False)
+            else:
+                proj.bias += addition
+        yield
+        with torch.no_grad():
+            if saved is None:
+                proj.register_parameter("bias", None)
+            else:
+                proj.bias.copy_(saved)
+
+    def ignores_the_bound(summaries, max_perplexity_ratio=1.5):
+        return max(summaries, key=lambda key: summaries[key].expect * summaries[key].delta)
+
+    def ignores_the_direction(summaries, max_perplexity_ratio=1.5):
+        fluent = {key: s for key, s in summaries.items() if s.perplexity_ratio <= max_perplexity_ratio}
+        if not fluent:
+            raise ValueError("none")
+        return max(fluent, key=lambda key: fluent[key].delta)
+
+    return [
+        ("a copy of the block list", checks.check_find_blocks, lambda model: torch.nn.ModuleList(find_blocks(model))),
+        ("adds to the output", checks.check_add_to_block_input, adds_to_the_output),
+        ("no finally", checks.check_add_to_block_input, no_finally),
+        ("no cache assumed", checks.check_tokens_per_call, lambda model, ids, n_new: [ids.shape[1]] * n_new),
+        ("ignores the perplexity bound", checks.check_choose, ignores_the_bound),
+        ("ignores summary.expect", checks.check_choose, ignores_the_direction),
+        ("leaves the bias on error", checks.check_add_to_attn_out, bias_left_on_error),
+    ]
+
+
+WRONG = wrong_answers()
+
+
+@pytest.mark.parametrize(("what", "check", "wrong"), WRONG, ids=[what for what, _, _ in WRONG])
+def test_the_check_fails_on_a_wrong_answer(what, check, wrong):
+    with pytest.raises(AssertionError):
+        check(wrong)
+
+
+@pytest.mark.parametrize("name", sorted(checks.EXERCISES))
+def test_the_notebook_runs_each_check_on_the_readers_function(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    for check, names in checks.EXERCISES[name]:
+        call = f"checks.run(checks.{check.__name__}, {', '.join(names)})"
+        assert call in code, f"{name} has no cell with {call}"
+
+
+@pytest.mark.parametrize("name", sorted(checks.EXERCISES))
+def test_solutions_use_no_private_attributes(name):
+    tree = ast.parse((NOTEBOOKS / "solutions" / f"{name}.py").read_text())
+    private = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr.startswith("_")]
+    assert not [attr for attr in private if not (attr.startswith("__") and attr.endswith("__"))], private
