@@ -46,6 +46,8 @@ from .spec import SITES, SteeringPlan, SteeringSpec
 
 __all__ = ["EXTENSION", "SteeringExtension", "steer", "steered", "steering_body", "steering_json"]
 
+# Types whose vLLM blocks pass (hidden_states, residual) pairs or the stream as described above, and are tested.
+VLLM_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 EXTENSION = f"{__name__}.SteeringExtension"  # LLM(..., worker_extension_cls=EXTENSION) / --worker-extension-cls
 _FIELDS = ("layer", "site", "coeff", "start", "op")
 
@@ -64,9 +66,12 @@ def steering_json(specs: Sequence[SteeringSpec]) -> str:
 
 
 def _dims(config: Any) -> tuple[int, int]:
-    """(n_layers, d_model) of a HF config whose model_type layout.py knows."""
-    if config.model_type not in LAYOUTS:
-        raise ValueError(f"model type {config.model_type!r} is not supported; supported: {', '.join(sorted(LAYOUTS))}")
+    """(n_layers, d_model) of a HF config of a type whose vLLM blocks this file knows."""
+    if config.model_type not in VLLM_TYPES:
+        raise ValueError(
+            f"model type {config.model_type!r} is not supported in vLLM here; supported: {', '.join(VLLM_TYPES)} "
+            "(other types' vLLM blocks add their sublayers otherwise: post-norms, multipliers, experts)"
+        )
     layout = LAYOUTS[config.model_type]
     return getattr(config, layout.n_layers_attr), getattr(config, layout.d_model_attr)
 
@@ -141,8 +146,8 @@ class SteeringExtension:
         self.steering_remove()
         runner = self.model_runner
         model = runner.get_model()
-        layout = LAYOUTS[model.config.model_type]
         n_layers, d_model = _dims(model.config)
+        layout = LAYOUTS[model.config.model_type]
         step: ContextVar[_Step | None] = ContextVar("steering_step", default=None)
 
         def begin(module, args, kwargs):
