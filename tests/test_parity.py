@@ -98,11 +98,11 @@ REPRESENTATIVE = (
     *OPERATOR_CASES,
 )
 # The GPT-2-XL shape is here for its size: 48 blocks, d_model 1600, one copy in memory shared with
-# the bridge. Each backend runs four cases (a middle block; the first and last blocks, two sites; an
-# ablation then an addition on one site; ablation at all 97 writes, which weight orthogonalisation
-# takes), the three deliberate mistakes and a 4-token greedy decoding on it; the rest runs on the
-# smaller models through the same code (nothing in a backend depends on width or depth but the layer index).
-XL_CASES = ("resid_pre mid", "two sites", "ablate then add, one site", "ablate everywhere")
+# the bridge. Each backend runs three cases (a middle block; the first and last blocks, two sites;
+# ablation at all 97 writes, which weight orthogonalisation takes), the three deliberate mistakes and
+# a 4-token greedy decoding on it; the rest runs on the smaller models through the same code (nothing
+# in a backend depends on width or depth but the layer index).
+XL_CASES = ("resid_pre mid", "two sites", "ablate everywhere")
 XL_NEW_TOKENS = 4
 CASES = {"tiny-mistral-random": REPRESENTATIVE, "tiny-qwen2-random": REPRESENTATIVE, "gpt2-random": REPRESENTATIVE}
 CASES |= {"gpt2-xl-random": XL_CASES, "gpt2-xl": XL_CASES}
