@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Median of {args.repeats} interleaved runs; `python -m benchmarks.vllm_throughput` in .venv-vllm.",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, torch {torch.__version__}; load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end (another job's load makes times upper bounds).",
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, torch {torch.__version__}.",
         "",
         "| run | median s | tokens/s | vs its unsteered |",
         "|---|---|---|---|",
