@@ -107,16 +107,13 @@ def test_a_backend_that_cannot_express_a_site_says_why_and_touches_nothing(case)
 # The traps, live
 
 
-def stream_after(model, module_name: str, specs, tokenizer, pre: bool = True) -> torch.Tensor:
-    """The input (pre=True) or output of one module under pytorch_hooks steering, [B, T, D]."""
+def stream_input(model, module_name: str, specs, tokenizer) -> torch.Tensor:
+    """The input of one module under pytorch_hooks steering, [B, T, D]."""
     seen = []
     module = model.get_submodule(module_name)
     with backend("pytorch_hooks").steer(model, specs), torch.no_grad():
-        # Registered after the steering hooks, so they see the steered values.
-        if pre:
-            handle = module.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0]), with_kwargs=True)
-        else:
-            handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+        # Registered after the steering hooks, so it sees the steered values.
+        handle = module.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0]), with_kwargs=True)
         try:
             model(**inputs(tokenizer))
         finally:
@@ -132,7 +129,7 @@ def test_parallel_residual_steering_attn_out_never_reaches_the_same_blocks_mlp()
     ):
         model, tokenizer = load(name)
         specs = [SteeringSpec(1, "attn_out", vector(64), 1.0)]
-        plain, steered = (stream_after(model, mlp_norm, s, tokenizer) for s in ([], specs))
+        plain, steered = (stream_input(model, mlp_norm, s, tokenizer) for s in ([], specs))
         moved = (steered - plain).abs().max().item()
         print(f"{name}: the MLP's input moved by {moved:.3g} under attn_out steering of its own block")
         assert (moved == 0) == parallel
@@ -145,14 +142,14 @@ def test_post_norm_attn_out_is_the_norms_output_so_the_stream_moves_by_exactly_t
     model, tokenizer = load("tiny-gemma2-random")
     v = vector(64)
     resid_mid = "model.layers.1.pre_feedforward_layernorm"  # its input is x + attn_out
-    plain = stream_after(model, resid_mid, [], tokenizer)
-    steered = stream_after(model, resid_mid, [SteeringSpec(1, "attn_out", v, 1.0)], tokenizer)
+    plain = stream_input(model, resid_mid, [], tokenizer)
+    steered = stream_input(model, resid_mid, [SteeringSpec(1, "attn_out", v, 1.0)], tokenizer)
     real = inputs(tokenizer)["attention_mask"].bool()  # padding is never steered
     assert torch.allclose((steered - plain)[real], v.expand(int(real.sum()), 64), atol=1e-5)  # rounding of x + a + v
     attn = model.get_submodule("model.layers.1.self_attn")
     handle = attn.register_forward_hook(lambda m, args, out: (out[0] + v, *out[1:]))
     try:
-        wrong = stream_after(model, resid_mid, [], tokenizer)
+        wrong = stream_input(model, resid_mid, [], tokenizer)
     finally:
         handle.remove()
     gap = (wrong - plain - v)[real].abs().max().item()
@@ -162,7 +159,7 @@ def test_post_norm_attn_out_is_the_norms_output_so_the_stream_moves_by_exactly_t
 
 def test_gemma_block_0_reads_the_embeddings_times_sqrt_d_model():
     model, tokenizer = load("tiny-gemma-random")
-    block_0_input = stream_after(model, "model.layers.0", [], tokenizer)
+    block_0_input = stream_input(model, "model.layers.0", [], tokenizer)
     ids = inputs(tokenizer)["input_ids"]
     table_rows = model.get_input_embeddings().weight[ids]
     assert torch.equal(block_0_input, table_rows * 64**0.5)  # resid_pre of block 0 is the scaled stream
@@ -174,8 +171,8 @@ def test_granite_sites_speak_of_the_stream_not_of_the_sublayers_output():
     model, tokenizer = load("tiny-granite-random")
     v = vector(64)
     resid_mid = "model.layers.1.post_attention_layernorm"  # Llama-like: its input is x + attn_out
-    plain = stream_after(model, resid_mid, [], tokenizer)
-    steered = stream_after(model, resid_mid, [SteeringSpec(1, "attn_out", v, 1.0)], tokenizer)
+    plain = stream_input(model, resid_mid, [], tokenizer)
+    steered = stream_input(model, resid_mid, [SteeringSpec(1, "attn_out", v, 1.0)], tokenizer)
     real = inputs(tokenizer)["attention_mask"].bool()  # padding is never steered
     assert torch.allclose((steered - plain)[real], v.expand(int(real.sum()), 64), atol=1e-5)
 
