@@ -5,7 +5,8 @@
         prompt, params = steered(llm, ids, [SteeringSpec(21, "resid_post", v, 4.0)], SamplingParams(max_tokens=20))
         outputs = llm.generate([prompt, {"prompt_token_ids": ids}], [params, SamplingParams(max_tokens=20)])
 
-    vllm serve FOLDER --worker-cls steering_backends.vllm_worker.SteeringWorker --enforce-eager   # hooks from the start
+    vllm serve FOLDER --worker-cls steering_backends.vllm_worker.SteeringWorker --enforce-eager \
+        --middleware steering_backends.vllm_worker.admission    # hooks from the start; bad specs answered 400
     client.completions.create(model=FOLDER, prompt=ids, max_tokens=20, extra_body=steering_body(specs))
 
 A request carries its specs as JSON in ``SamplingParams.extra_args["steering"]`` (the OpenAI server takes the
@@ -44,7 +45,7 @@ from vllm.config import CompilationMode
 from .layout import LAYOUTS, get_module, site_module_name
 from .spec import SITES, SteeringPlan, SteeringSpec
 
-__all__ = ["EXTENSION", "SteeringExtension", "steer", "steered", "steering_body", "steering_json"]
+__all__ = ["EXTENSION", "SteeringExtension", "admission", "steer", "steered", "steering_body", "steering_json"]
 
 # Types whose vLLM blocks pass (hidden_states, residual) pairs or the stream as described above, and are tested.
 VLLM_TYPES = ("gpt2", "llama", "mistral", "qwen2")
@@ -95,6 +96,17 @@ def _plan(text: str, n_layers: int, d_model: int) -> SteeringPlan:
     return SteeringPlan(specs, n_layers, d_model)
 
 
+def _check_length(plan: SteeringPlan, n_tokens: int) -> None:
+    """Refuse a prompt too short for a per-position vector, as the HF backends do (vLLM would go on adding its
+    remaining rows to the generated tokens)."""
+    for i, spec in enumerate(plan.specs):
+        if spec.per_position and n_tokens < spec.start + spec.vector.shape[0]:
+            raise ValueError(
+                f"specs[{i}] adds {spec.vector.shape[0]} rows from position {spec.start}, so the prompt needs at least "
+                f"{spec.start + spec.vector.shape[0]} tokens; it has {n_tokens}"
+            )
+
+
 def steered(
     llm: LLM, prompt: str | list[int], specs: Sequence[SteeringSpec], params: SamplingParams
 ) -> tuple[dict[str, Any], SamplingParams]:
@@ -105,14 +117,8 @@ def steered(
         return {key: prompt}, params
     text = steering_json(specs)
     n_layers, d_model = _dims(llm.llm_engine.model_config.hf_config)
-    SteeringPlan(specs, n_layers, d_model)  # raises ValueError naming the spec, in this process
-    n_tokens = len(llm.get_tokenizer().encode(prompt) if isinstance(prompt, str) else prompt)
-    for i, spec in enumerate(specs):
-        if spec.per_position and n_tokens < spec.start + spec.vector.shape[0]:
-            raise ValueError(
-                f"specs[{i}] adds {spec.vector.shape[0]} rows from position {spec.start}, so the prompt needs at least "
-                f"{spec.start + spec.vector.shape[0]} tokens; it has {n_tokens}"
-            )
+    plan = SteeringPlan(specs, n_layers, d_model)  # raises ValueError naming the spec, in this process
+    _check_length(plan, len(llm.get_tokenizer().encode(prompt) if isinstance(prompt, str) else prompt))
     params = params.clone()
     params.extra_args = {**(params.extra_args or {}), "steering": text}
     return {key: prompt, "cache_salt": hashlib.sha256(text.encode()).hexdigest()}, params
@@ -122,6 +128,46 @@ def steering_body(specs: Sequence[SteeringSpec]) -> dict[str, Any]:
     """``extra_body`` of an OpenAI-client request to a server started with --worker-extension-cls EXTENSION."""
     text = steering_json(specs)
     return {"vllm_xargs": {"steering": text}, "cache_salt": hashlib.sha256(text.encode()).hexdigest()}
+
+
+async def admission(request: Any, call_next: Any) -> Any:
+    """HTTP middleware of the OpenAI server (``--middleware steering_backends.vllm_worker.admission``): a request
+    whose ``vllm_xargs`` carry steering is checked against the served model before vLLM admits it. A bad spec is
+    answered 400, naming the field, and never reaches the engine, where its error would stop the server. A prompt
+    given as text or token ids is checked against per-position vectors too; a chat's templated prompt is not."""
+    from starlette.responses import JSONResponse
+
+    body = None
+    if request.method == "POST" and request.headers.get("content-type", "").startswith("application/json"):
+        with contextlib.suppress(ValueError):  # not JSON: vLLM answers it
+            body = json.loads(await request.body())
+    xargs = body.get("vllm_xargs") if isinstance(body, dict) else None
+    text = xargs.get("steering") if isinstance(xargs, dict) else None
+    if text is None:
+        return await call_next(request)
+    model_config = request.app.state.vllm_config.model_config
+    try:
+        if not isinstance(text, str):
+            raise ValueError(
+                f"vllm_xargs['steering'] must be steering_json(specs), a string; got {type(text).__name__}"
+            )
+        plan = _plan(text, *_dims(model_config.hf_config))
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            _check_length(plan, len(_tokenizer(model_config.tokenizer).encode(prompt)))
+        elif isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
+            _check_length(plan, len(prompt))
+    except (ValueError, TypeError) as err:
+        error = {"message": str(err), "type": "BadRequestError", "param": "vllm_xargs.steering", "code": 400}
+        return JSONResponse({"error": error}, status_code=400)
+    return await call_next(request)
+
+
+@functools.cache
+def _tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
 
 
 @contextlib.contextmanager

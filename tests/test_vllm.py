@@ -198,6 +198,7 @@ def server(tmp_path_factory):
     # (it asks for the version of a distribution named "vllm", which the CPU build is not).
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port", str(port)]
     command += ["--worker-cls", "steering_backends.vllm_worker.SteeringWorker", "--enforce-eager", "--dtype", "float32"]
+    command += ["--middleware", "steering_backends.vllm_worker.admission"]
     command += ["--max-model-len", "256", "--seed", "0"]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -246,6 +247,34 @@ def test_the_server_steers_the_requests_that_name_steering_in_extra_body(server,
         == _hf_greedy(hf, ids, CASES["resid_post"])[0]
     )
     assert tokens() == runs["unsteered alone"][0]
+
+
+@pytest.mark.parametrize(
+    ("extra_body", "message"),
+    [
+        (steering_body([SteeringSpec(30, "resid_pre", _vector(1, 1.0))]), r"specs\[0\]\.layer=30 is out of range"),
+        (steering_body([SteeringSpec(0, "resid_pre", torch.ones(64))]), r"width 64, but this model's d_model is 576"),
+        (
+            steering_body([SteeringSpec(0, "resid_pre", _vector(1, 1.0, rows=40), start=10)]),
+            r"needs at least 50 tokens",
+        ),
+        ({"vllm_xargs": {"steering": "[{"}}, r"is not JSON"),
+        ({"vllm_xargs": {"steering": '[{"layer": 0, "site": "resid", "vector": [0]}]'}}, r"site"),
+    ],
+    ids=["layer", "width", "too short", "not JSON", "site"],
+)
+def test_the_server_answers_a_bad_spec_400_and_keeps_serving(server, ids, runs, extra_body, message):
+    """The admission middleware refuses a bad spec before the engine sees it: HTTP 400 naming the field, and
+    the next request is served as before (in the worker, the same error would stop the engine)."""
+    import openai
+
+    client, folder = server
+    with pytest.raises(openai.BadRequestError, match=message):
+        client.completions.create(model=folder, prompt=ids, max_tokens=2, extra_body=extra_body)
+    response = client.completions.create(
+        model=folder, prompt=ids, max_tokens=NEW_TOKENS, temperature=0, extra_body={"return_token_ids": True}
+    )
+    assert response.choices[0].token_ids == runs["unsteered alone"][0]
 
 
 GPT2_CASES = {  # a random GPT-2 (4 blocks, d_model 128, 2 heads): large coefficients, so each changes its tokens
