@@ -277,8 +277,10 @@ torch.nn.modules.module.register_module_module_registration_hook(_note_compile_w
 
 
 def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
-    """RuntimeError if one of ``modules`` was compiled (``torch.compile(module)`` or ``module.compile()``)
-    while dynamo ignores hooks: the compiled code would never run the hooks a steer block adds."""
+    """RuntimeError if one of ``modules`` was compiled while dynamo ignores hooks: the compiled code would
+    never run the hooks a steer block adds. Compiled means ``torch.compile(module)``, ``module.compile()``,
+    a compiled ``forward`` set on the instance, or the call transformers' ``generate`` compiles for
+    decoding with a static cache (on accelerators, by default)."""
     if not _compiling_without_hook_guards():
         return
     unseen = [m for m in modules if m not in _looked_for_earlier_wrappers]
@@ -289,7 +291,13 @@ def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
                 _compile_wrapped.add(referrer["_orig_mod"])
         _looked_for_earlier_wrappers.update(unseen)
     for module in modules:
-        if module in _compile_wrapped or getattr(module, "_compiled_call_impl", None) is not None:
+        compiled = (
+            module in _compile_wrapped  # torch.compile(module)
+            or getattr(module, "_compiled_call_impl", None) is not None  # module.compile()
+            or hasattr(module.__dict__.get("forward"), "_torchdynamo_orig_callable")  # forward = torch.compile(forward)
+            or module.__dict__.get("_compiled_call") is not None  # transformers' generate, static cache on a GPU
+        )
+        if compiled:
             raise RuntimeError(UNGUARDED_COMPILE.format(what=f"{type(module).__name__} unsteered"))
 
 

@@ -260,6 +260,61 @@ def test_a_model_compiled_before_the_package_was_imported_is_refused_too():
     assert "refused:" in done.stdout and "skip_nnmodule_hook_guards = False" in done.stdout, done.stdout
 
 
+def _compile_forward(model):
+    model.forward = torch.compile(model.forward, backend="eager")
+    return {}
+
+
+def _compile_for_generate(model):
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(backend="eager")
+    config._compile_all_devices = True  # what generate does by default on a GPU, here on the CPU
+    return {"compile_config": config}
+
+
+# Ways of compiling that leave the model unwrapped: transformers' static-cache recipe, and generate's own.
+UNWRAPPED_COMPILES = {
+    "forward = torch.compile(forward)": _compile_forward,
+    "generate's compiled call": _compile_for_generate,
+}
+
+
+@pytest.mark.parametrize("guards", [False, True], ids=["hook guards off", "hook guards on"])
+@pytest.mark.parametrize("how", UNWRAPPED_COMPILES)
+@pytest.mark.parametrize("name", ["pytorch_hooks", "baukit_tracedict"])
+def test_a_model_compiled_without_a_wrapper_is_refused_or_steered(fresh_dynamo, monkeypatch, name, how, guards):
+    """A static-cache decode compiled before the block, without a torch.compile wrapper. Measured with hook
+    guards off and no refusal: the forward recipe decoded the unsteered tokens inside the block, generate's
+    compiled call a mix of steered prefill and unsteered steps. Now entering the block is refused with the
+    fix; with hook guards on, the block decodes eager's steered tokens and, after it, the unsteered ones."""
+    from torch._dynamo.utils import counters
+
+    if why := unavailable(name):
+        pytest.skip(why)
+    monkeypatch.setattr(fresh_dynamo.config, "skip_nnmodule_hook_guards", not guards)
+    model = random_model("tiny-llama-random")
+    ids = batch([6], 6, seed=7)[0]
+    steer, specs = backend(name).steer, [SteeringSpec(1, "resid_pre", 8 * vec(3), 1.0)]
+    decode = dict(max_new_tokens=6, do_sample=False, cache_implementation="static")
+    unsteered = model.generate(ids, **decode)
+    with steer(model, specs):
+        steered = model.generate(ids, **decode)
+    assert not torch.equal(steered, unsteered)  # the check can fail
+    decode |= UNWRAPPED_COMPILES[how](model)
+    graphs = counters["stats"]["unique_graphs"]
+    assert torch.equal(model.generate(ids, **decode), unsteered)
+    assert counters["stats"]["unique_graphs"] > graphs  # it compiled
+    if not guards:
+        with pytest.raises(RuntimeError, match="skip_nnmodule_hook_guards = False"):
+            with steer(model, specs):
+                pass
+        return
+    with steer(model, specs):
+        assert torch.equal(model.generate(ids, **decode), steered)
+    assert torch.equal(model.generate(ids, **decode), unsteered)
+
+
 # --- blocks left out of order --------------------------------------------------------------------
 
 
