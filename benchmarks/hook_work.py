@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import os
 import platform
 import statistics
 import time
@@ -182,8 +181,8 @@ def write(args, rows, missing, layer) -> None:
         f"result; steered minus bare). Median of {args.rounds} interleaved rounds of {args.calls} calls "
         "(in brackets: the quartiles). `bare` is the two replayed calls with nothing attached.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
-        f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; {'; '.join(versions)}.",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); "
+        f"{'; '.join(versions)}.",
         "",
         "| batch | call | implementation | added µs per forward | quartiles | bare µs |",
         "|---|---|---|---|---|---|",

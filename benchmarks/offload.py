@@ -18,7 +18,6 @@ average before and after the run (the machine may be shared).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +46,6 @@ def disk_map(model: torch.nn.Module) -> tuple[dict[str, str], list[int]]:
 
 
 def run(name: str, n_new: int, repeats: int, prompt_len: int, offload_folder: str) -> tuple[list[dict], dict]:
-    load_before = os.getloadavg()
     plain, tokenizer = load(name)
     device_map, disk = disk_map(plain)
     model, _ = load(name, device_map=device_map, offload_folder=offload_folder)
@@ -59,7 +57,7 @@ def run(name: str, n_new: int, repeats: int, prompt_len: int, offload_folder: st
     rows = []
 
     def row(what: str, a: float, b: float, ratio: float) -> None:
-        rows.append({"what": what, "unsteered_s": a, "steered_s": b, "ratio": ratio, "load": os.getloadavg()[0]})
+        rows.append({"what": what, "unsteered_s": a, "steered_s": b, "ratio": ratio})
         print(f"{what}: {a:.3f} s -> {b:.3f} s: {ratio:.3f}", flush=True)
 
     row(
@@ -74,29 +72,25 @@ def run(name: str, n_new: int, repeats: int, prompt_len: int, offload_folder: st
         "model": name,
         "disk": f"blocks {disk[0]}-{disk[-1]} of {dims(plain)[0]}",
         "site": f"resid_pre of block {specs[0].layer} ({'on disk' if specs[0].layer in disk else 'on cpu'})",
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
         "skipped": skipped,
     }
     return rows, setup
 
 
 def markdown(rows: list[dict], setup: dict, n_new: int, repeats: int, prompt_len: int) -> str:
-    before, after = (", ".join(f"{x:.2f}" for x in setup[key]) for key in ("load_before", "load_after"))
     lines = [
         "# Steering a dispatched model: overhead",
         "",
         f"Machine: {environment()}; run {time.strftime('%Y-%m-%d %H:%M %Z')}.",
-        f"Load average (1, 5, 15 min) before the run: {before}; after: {after}.",
         f"Model {setup['model']}, {setup['disk']} on disk, the rest on cpu. Greedy generation with the KV",
         f"cache, batch 1, {prompt_len}-token prompt, {n_new} new tokens; median of {repeats} interleaved pairs;",
         f"ratio = B / A per pair. Steered: one spec at {setup['site']}.",
         "",
-        "| what | A: unsteered s | B: steered s | ratio | load average (1 min) after the row |",
-        "|---|---|---|---|---|",
+        "| what | A: unsteered s | B: steered s | ratio |",
+        "|---|---|---|---|",
     ]
     for r in rows:
-        cells = f"{r['unsteered_s']:.3f} | {r['steered_s']:.3f} | {r['ratio']:.3f} | {r['load']:.2f}"
+        cells = f"{r['unsteered_s']:.3f} | {r['steered_s']:.3f} | {r['ratio']:.3f}"
         lines.append(f"| {r['what']} | {cells} |")
     lines += ["", f"(In the {DISPATCH!r} row, A is the undispatched model and B the dispatched one.)"]
     lines += [f"- skipped: {name}: {why}" for name, why in setup["skipped"].items()]

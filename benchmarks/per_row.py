@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} interleaved pairs; speed-up = two passes / one batch, per pair.",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; load average "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.",
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
         "",
         "| what | two passes s | one batch s | speed-up | same tokens |",
         "|---|---|---|---|---|",

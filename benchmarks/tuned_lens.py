@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{tuned[:half].mean():.2f}, {ratio:.1f}x lower (target: >= 3x).",
         f"- Training: {trained['train_tokens']} tokens ({trained['steps']} steps), sampling the corpus "
         f"{trained['sampling_seconds']:.0f} s + training {trained['training_seconds']:.0f} s on "
-        f"{trained['threads']} thread(s) ({trained['device']}); load average (1, 5, 15 min) "
-        f"{_loads(trained['load_average']['start'])} at the start, {_loads(trained['load_average']['end'])} at the "
-        "end (which counts the training's own threads).",
+        f"{trained['threads']} thread(s) ({trained['device']}).",
         f"- Lens size: {size:,} parameters ({n_layers - 1} blocks x (d_model^2 + d_model)), "
         f"{megabytes:.1f} MB in float32.",
         "",
@@ -95,10 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "tuned_lens.md").write_text("\n".join(lines) + "\n")
     _plot((logit, tuned), (logit_train, tuned_train), args.model).savefig(args.out / "tuned_lens.png", dpi=100)
     print("\n".join(lines))
-
-
-def _loads(averages: list[float]) -> str:
-    return ", ".join(f"{x:.2f}" for x in averages)
 
 
 def _quotient(a: torch.Tensor, b: torch.Tensor) -> str:

@@ -184,7 +184,7 @@ def _train(model, tokenizer, recipe: LensRecipe, folder: Path, key: dict[str, ob
 
     name = folder.name.removesuffix(".tuned-lens")
     print(f"{name}: no valid tuned lens in {folder}; training one, once", file=sys.stderr, flush=True)
-    started, load_at_start = time.perf_counter(), os.getloadavg()  # other jobs on the cores slow training
+    started = time.perf_counter()
     with torch.no_grad():
         corpus = lens_corpus(model, tokenizer, recipe)
     sampled = time.perf_counter()
@@ -209,8 +209,6 @@ def _train(model, tokenizer, recipe: LensRecipe, folder: Path, key: dict[str, ob
         "sampling_seconds": round(sampled - started, 1),
         "training_seconds": round(finished - sampled, 1),
         "threads": torch.get_num_threads(),
-        # 1, 5, 15 min; at the end it counts this training's own threads too
-        "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]},
         "device": str(device),
         "first_loss": losses[0],
         "last_loss": losses[-1],
