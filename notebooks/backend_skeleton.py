@@ -291,15 +291,16 @@ READING_INTRO = (
     "then averaged over the pairs and scaled to length 1. Each sentence is read after BOS, which is left out of the "
     "average: trained models park an *attention sink* about 100× larger than the other tokens on position 0. The "
     "coefficient is relative: 0.25 × the median token norm at that block (over 16 neutral reference sentences), a "
-    "fraction of a typical token, so the same number means the same strength at another block or in another "
-    "model. Block 21 and 0.25 are the measured warmer setting for SmolLM2: the sweep's choice, judged on held-out "
-    "prompts (glossary: notebook 00).\n\n"
+    "fraction of a typical token, which corrects for the stream's growth with depth (whether it evens out effects "
+    "across blocks: notebook 07, where on this model it did not). Block 21 and 0.25 are the measured warmer "
+    "setting for SmolLM2: the sweep's choice, judged on held-out prompts (glossary: notebook 00).\n\n"
 )
 READING_MD = {
     "custom_wrapper": "A wrapper reads it: a module that stands in for the block, keeps what it was called with, "
     "and calls the block.",
-    "pytorch_hooks": "A forward pre-hook reads it: it runs just before the block, sees the block's arguments and "
-    "keeps the first one, the hidden states.",
+    "pytorch_hooks": "A forward pre-hook reads block L's input: it runs just before the block, sees the block's "
+    "arguments and keeps the first one, the hidden states. (Notebook 00 read the same tensor with a forward hook, "
+    "from `args[0]`; a pre-hook is the hook made for inputs.)",
     "baukit_tracedict": "`Trace` reads it: `retain_input=True` keeps the input of the named module, "
     "`retain_output=True` (the default) its output.",
     "transformer_lens_hooks": "`run_with_cache` reads it: one forward that returns the logits and a cache keyed by "
@@ -755,7 +756,13 @@ def compare_code(name: str, spec: str, expect: str) -> str:
             + f'compare({net}, tokenizer, prompts, [{spec}], backend="{name}", n=2, max_new_tokens=60, expect={expect})'
         )
     prompt = "Last week my sister told me that"  # held out; its unsteered samples sit near neutral
-    return f'compare({net}, tokenizer, "{prompt}", [warm], backend="{name}", n=1, max_new_tokens=60)'
+    args = [net, "tokenizer", f'"{prompt}"', "[warm]", f'backend="{name}"', "n=1", "max_new_tokens=60"]
+    # laid out as ruff format lays out a call: on one line, else its arguments on one line, else one per line
+    if len(call := f"compare({', '.join(args)})") <= 120:
+        return call
+    if len(inner := f"    {', '.join(args)}") <= 120:
+        return f"compare(\n{inner}\n)"
+    return "compare(\n" + "".join(f"    {arg},\n" for arg in args) + ")"
 
 
 ONE_PAIR = (
@@ -1019,6 +1026,7 @@ def self_check_code(name: str) -> str:
         lines += [
             "# block 0, where the inline code edits the embedding's output instead of a block's",
             "from steering_backends.vectors import activations",
+            "",
             "assert torch.equal(resid_pre(pairs[0][0], 0), activations(model, tokens(pairs[0][0]), 0)[0, 1:])",
             "with add_to_input(0, addition):",
             "    inline_0 = model(prompt).logits",
