@@ -175,9 +175,11 @@ def setup_code(name: str) -> str:
 
 TOKENS = '''
 def tokens(text: str) -> torch.Tensor:
-    """[1, T] ids on the model's device: BOS, then the text (BOS keeps the first word off the attention sink)."""
+    """[1, T] ids on the model's device: BOS, then the text (BOS keeps the first word off the attention sink).
+    A tokenizer without BOS (Qwen2's) gets EOS in its place, as TransformerLens does."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return torch.tensor([[tokenizer.bos_token_id, *ids]], device=device)
+    first = tokenizer.eos_token_id if tokenizer.bos_token_id is None else tokenizer.bos_token_id
+    return torch.tensor([[first, *ids]], device=device)
 '''
 MODEL_STATE = '''
 def model_state(net: torch.nn.Module) -> list:
@@ -1258,7 +1260,9 @@ section 3's pre-hook for any of them, negative blocks included. The check runs b
 Then steer a model you load yourself: in the setup cell, load it with
 `AutoModelForCausalLM.from_pretrained(name)` and its tokenizer (offline: `load("tiny-qwen2-random")`), set
 `blocks = find_blocks(model)`, and run sections 2 and 3 again at a block it has (`mean_difference_spec(2, 0.25)`
-for a 4-block model): they read the vector from your model and steer it.""",
+for a 4-block model): they read the vector from your model and steer it. Qwen2's own tokenizer has no BOS:
+`tokens` then puts EOS first, as TransformerLens does, and section 2's library check, whose recipes refuse
+`bos=True` without a BOS token, is the one cell to skip.""",
         ),
         ("exercise-1-stub", "code", text(STUB_BLOCKS)),
         (
