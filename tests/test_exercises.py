@@ -86,10 +86,10 @@ def wrong_answers() -> list[tuple[str, object, object]]:
             else:
                 proj.bias.copy_(saved)
 
-    def ignores_the_bound(summaries, max_perplexity_ratio=1.5):
+    def ignores_the_bound(summaries, max_perplexity_ratio=2.0):
         return max(summaries, key=lambda key: summaries[key].expect * summaries[key].delta)
 
-    def ignores_the_direction(summaries, max_perplexity_ratio=1.5):
+    def ignores_the_direction(summaries, max_perplexity_ratio=2.0):
         fluent = {key: s for key, s in summaries.items() if s.perplexity_ratio <= max_perplexity_ratio}
         if not fluent:
             raise ValueError("none")
@@ -102,6 +102,7 @@ def wrong_answers() -> list[tuple[str, object, object]]:
         ("no cache assumed", checks.check_tokens_per_call, lambda model, ids, n_new: [ids.shape[1]] * n_new),
         ("ignores the perplexity bound", checks.check_choose, ignores_the_bound),
         ("ignores summary.expect", checks.check_choose, ignores_the_direction),
+        ("a default bound of 1.5", checks.check_choose, lambda summaries, bound=1.5: solution.choose(summaries, bound)),
         ("leaves the bias on error", checks.check_add_to_attn_out, bias_left_on_error),
     ]
 

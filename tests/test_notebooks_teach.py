@@ -4,18 +4,21 @@
   transformers, reads a vector with a forward hook and adds it with a forward pre-hook, and its saved
   samples are warmer steered than unsteered by the margin the first run of the CLI must show.
 - 01-05 and 09 build the vector they steer with from the contrast pairs, inline, in their own
-  library's idiom: none takes a ready-made one from the package.
+  library's idiom: none takes a ready-made one from the package. Their tokens() helper also works for a
+  tokenizer without BOS (Qwen2's), which 02's exercise 8.1 invites a reader to load.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import html
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 BACKEND_NOTEBOOKS = [
@@ -74,6 +77,25 @@ def test_backend_notebooks_steer_with_the_vector_they_build(name):
     assert not ready_made, f"{name} takes a ready-made vector: {ready_made[0][:200]}"
     assert any("contrast_pairs.jsonl" in cell and "def mean_difference_spec" in cell for cell in cells)
     assert any("mean_difference_spec(21, 0.25)" in cell for cell in cells)  # what steers is what it built
+
+
+@pytest.mark.parametrize("name", BACKEND_NOTEBOOKS)
+def test_tokens_puts_eos_first_when_the_tokenizer_has_no_bos(name):
+    """tokens() as the notebook defines it, run on GPT-2's tokenizer with its BOS removed: EOS takes BOS's place
+    (as in TransformerLens), so resid_pre's [0, 1:] still leaves out only that first token."""
+    from steering_backends.models import gpt2_tokenizer
+
+    source = next(cell for cell in code_cells(name) if "def tokens(" in cell)
+    tree = ast.parse(source)
+    function = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "tokens"]
+    tokenizer = copy.deepcopy(gpt2_tokenizer())
+    tokenizer.bos_token = None
+    assert tokenizer.bos_token_id is None and tokenizer.eos_token_id is not None
+    namespace = {"torch": torch, "tokenizer": tokenizer, "device": "cpu"}
+    exec(compile(ast.Module(body=function, type_ignores=[]), f"{name}.ipynb", "exec"), namespace)
+    text = "I hate you because"
+    expected = [[tokenizer.eos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]]
+    assert namespace["tokens"](text).tolist() == expected
 
 
 @pytest.mark.parametrize("name", ["00_overview", *BACKEND_NOTEBOOKS])

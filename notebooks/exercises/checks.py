@@ -219,10 +219,13 @@ def _summary(delta: float, ratio: float, expect: int = 1) -> Summary:
 
 def check_choose(choose: Callable) -> None:
     """choose(summaries, max_perplexity_ratio) picks the setting that moves sentiment furthest in the expected
-    direction among those whose perplexity ratio is within the bound, and raises ValueError when none is."""
+    direction among those whose perplexity ratio is within the bound (by default 2, which lets in a setting at
+    x1.7, as the measured colder one scored in its sweep), and raises ValueError when none is."""
     warmer = {(9, 0.25): _summary(0.2, 1.1), (9, 1.0): _summary(0.9, 3.0), (21, 0.25): _summary(0.5, 1.4)}
     warmer[21, 1.0] = _summary(-0.3, 1.0)
+    warmer[24, 0.35] = _summary(0.7, 1.7)
     assert choose(warmer, 1.5) == (21, 0.25), "the largest shift within the perplexity bound"
+    assert choose(warmer) == (24, 0.35), "the default bound is 2: a setting at x1.7 qualifies"
     assert choose(warmer, 4.0) == (9, 1.0), "a looser bound lets the strongest setting in"
     assert choose(warmer, 1.2) == (9, 0.25), "a tighter bound keeps only the mildest"
     colder = {key: _summary(-s.delta, s.perplexity_ratio, expect=-1) for key, s in warmer.items()}

@@ -46,7 +46,7 @@ def sweep(model, tokenizer, spec_for, layers, relatives, prompts, n=2, max_new_t
     return summaries
 
 
-def choose(summaries: dict[tuple[int, float], Summary], max_perplexity_ratio: float = 1.5) -> tuple[int, float]:
+def choose(summaries: dict[tuple[int, float], Summary], max_perplexity_ratio: float = 2.0) -> tuple[int, float]:
     """The setting whose sentiment moves furthest in the expected direction, among those whose perplexity is at
     most max_perplexity_ratio x the unsteered one."""
     fluent = {key: s for key, s in summaries.items() if s.perplexity_ratio <= max_perplexity_ratio}
