@@ -4,7 +4,9 @@
     python notebooks/execute.py 02_pytorch_hooks.ipynb   # one
     STEERING_MODEL=gpt2-xl python notebooks/execute.py   # another model (gpt2-xl needs the hub)
 
-Cells tagged ``raises-exception`` may raise; any other error stops the run.
+Cells tagged ``raises-exception`` may raise; any other error stops the run. A saved error keeps
+only its last line, ``ValueError: <message>``: the frames above it name files on the machine that
+ran the notebook, and the lesson is the message.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ def execute(path: Path) -> float:
     notebook = nbformat.read(path, as_version=4)
     started = time.perf_counter()
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
-    nbformat.write(notebook, path)
+    nbformat.write(shorten_errors(notebook), path)
     return time.perf_counter() - started
+
+
+def shorten_errors(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Each error output's traceback cut to its last line (the exception and its message)."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                output.traceback = output.traceback[-1:]
+    return notebook
 
 
 if __name__ == "__main__":
