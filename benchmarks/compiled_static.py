@@ -4,13 +4,13 @@
     python -m benchmarks.compiled_static --model tiny-llama-random --new-tokens 4 --repeats 1 --backend eager
 
 transformers' recipe for a fast decode: ``model.forward = torch.compile(model.forward)`` and
-``generate(cache_implementation="static")``, so that every decoding step has the same shapes. With
-hook guards on (``torch._dynamo.config.skip_nnmodule_hook_guards = False``, which the hook backends
-ask for: docs/where_it_holds.md), entering a ``steer`` block makes dynamo compile the steered graphs
-once; after that, steered and unsteered calls each run their own compiled code. For each backend this
-times greedy generation unsteered (A) and steered (B), interleaved A B A B ... after one warm-up of
-each, and counts the graphs dynamo compiled during the timed pairs: 0 means no recompiling per
-decoding step, nor per block entered. Eager generation is timed too, for the speed-up compiling brings.
+``generate(cache_implementation="static")``, so that every decoding step has the same shapes. Hook
+guards are on (``torch._dynamo.config.skip_nnmodule_hook_guards = False``, which the hook backends
+ask for: docs/where_it_holds.md), so dynamo compiles the steered graphs when a block is entered.
+For each backend, from a fresh compile, this times greedy generation unsteered (A) and inside one
+``steer`` block (B), counts the graphs compiled by B's calls after the first (0: no recompiling
+per decoding step or per call), and the graphs compiled per block when each call enters a block
+of its own. Eager generation is timed too, for the speed-up compiling brings.
 
 Writes benchmarks/results/compiled_static.md.
 """
@@ -67,31 +67,30 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compiled_row(model, generate, steer, spec, eager: dict, name: str, args: argparse.Namespace) -> dict:
-    """One backend, from nothing compiled: one backend's recompiles must not use up the next one's limit."""
+    """One backend, from nothing compiled (one backend's recompiles must not use up the next one's limit):
+    unsteered calls (A), then calls inside one steer block (B), then blocks entered one per call."""
     torch._dynamo.reset()
     model.__dict__.pop("forward", None)
     model.forward = torch.compile(model.forward, backend=args.backend, dynamic=False)
-
-    def steered() -> torch.Tensor:
-        with steer(model, [spec]):
-            return generate()
-
     unsteered_warm_up, unsteered_tokens = timed(generate)
-    steered_warm_up, steered_tokens = timed(steered)
-    generate()
+    with steer(model, [spec]):
+        steered_warm_up, steered_tokens = timed(generate)
+        graphs = _graphs()
+        steered = [timed(generate)[0] for _ in range(args.repeats)]
+        in_block = _graphs() - graphs
+    unsteered = [timed(generate)[0] for _ in range(args.repeats)]
     graphs = _graphs()
-    a, b = [], []
     for _ in range(args.repeats):
-        a.append(timed(generate)[0])
-        b.append(timed(steered)[0])
+        with steer(model, [spec]):
+            generate()
     return {
         "backend": name,
         "unsteered_warm_up_s": unsteered_warm_up,
         "steered_warm_up_s": steered_warm_up,
-        "unsteered_s": statistics.median(a),
-        "steered_s": statistics.median(b),
-        "ratio": statistics.median(y / x for x, y in zip(a, b, strict=True)),
-        "recompiles": _graphs() - graphs,
+        "unsteered_s": statistics.median(unsteered),
+        "steered_s": statistics.median(steered),
+        "in_block": in_block,
+        "per_block": (_graphs() - graphs) / args.repeats,
         "same_tokens": torch.equal(unsteered_tokens, eager["unsteered"]) and torch.equal(steered_tokens, eager[name]),
     }
 
@@ -103,24 +102,24 @@ def markdown(rows: list[dict], eager_seconds: float, args: argparse.Namespace, p
         f"Machine: {environment()}.",
         f"`model.forward = torch.compile(model.forward, backend={args.backend!r}, dynamic=False)`, hook guards on;",
         f'greedy `generate(cache_implementation="static")`, batch 1, {prompt_len}-token prompt, {args.new_tokens} new '
-        f"tokens; median of {args.repeats} interleaved pairs; ratio = B / A per pair. Steered: one spec, "
-        f"{spec.site} of block {spec.layer}.",
+        f"tokens; medians of {args.repeats} calls. Steered: one spec, {spec.site} of block {spec.layer}.",
         "",
-        f"- Eager, unsteered: {eager_seconds:.3f} s per generation. Each backend starts from a fresh compile: "
+        f"- Eager, unsteered: {eager_seconds:.3f} s per generation. Each backend starts from a fresh compile; "
         "its first unsteered call and its first steered call (the warm-ups) compile.",
-        "- Recompiles: graphs compiled during the timed pairs (a block entered and left per pair, every decoding "
-        "step); 0 means none after the warm-ups. Past dynamo's recompile limit "
-        f"({torch._dynamo.config.recompile_limit}) a frame is no longer compiled and runs eagerly.",
+        "- A: unsteered calls after the block; B: calls inside one block, after its first. Recompiles in the block: "
+        "graphs compiled by those B calls (0: none per decoding step, none per call). Graphs per block: compiled "
+        f"for each block entered afresh, one call each. Past dynamo's recompile limit "
+        f"({torch._dynamo.config.recompile_limit} graphs per frame) a frame is no longer compiled and runs eagerly.",
         "",
-        "| backend | unsteered warm-up s | steered warm-up s | A: unsteered s | B: steered s | ratio | recompiles "
-        "| tokens = eager's |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | unsteered warm-up s | steered warm-up s | A: unsteered s | B: steered, one block s | B / A "
+        "| recompiles in the block | graphs per block | tokens = eager's |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['backend']} | {r['unsteered_warm_up_s']:.0f} | {r['steered_warm_up_s']:.0f} "
-            f"| {r['unsteered_s']:.3f} | {r['steered_s']:.3f} | {r['ratio']:.3f} | {r['recompiles']} "
-            f"| {'yes' if r['same_tokens'] else 'no'} |"
+            f"| {r['unsteered_s']:.3f} | {r['steered_s']:.3f} | {r['steered_s'] / r['unsteered_s']:.3f} "
+            f"| {r['in_block']} | {r['per_block']:.1f} | {'yes' if r['same_tokens'] else 'no'} |"
         )
     return "\n".join(lines)
 

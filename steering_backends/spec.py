@@ -523,7 +523,9 @@ class SteeringPlan:
                 )
 
     def _operand(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
-        if spec.vector.requires_grad:
+        # A vector that requires grad needs its own graph each forward. A traced call computes it inside the
+        # compiled graph: filling the cache there would change what the next call's guards see, and recompile.
+        if spec.vector.requires_grad or torch.compiler.is_compiling():
             return spec.operand(hidden.dtype, hidden.device)
         key = (id(spec), hidden.dtype, hidden.device)  # plan.specs keeps every spec, so ids stay unique
         if key not in self._additions:
