@@ -16,8 +16,9 @@ mix several writes (resid_pre of block L > 0, resid_post), which no one weight h
 Tied unembedding (GPT-2, SmolLM2): lm_head shares the token embedding's matrix, so
 orthogonalising it would also remove u from the logits' read-out, which hook ablation never
 touches. For the duration lm_head gets its own copy of the original matrix; the tie is back on exit.
-Parameters are edited in place (float32 at least) and restored bitwise on exit, even on error;
-nested blocks must be left in reverse order, as `with` statements are. Refused in train() mode
+Parameters are edited in place (float32 at least) and restored bitwise on exit, even on error.
+Nested blocks may be left in any order: each parameter keeps its value from before any block, and
+every exit rewrites it with the directions of the blocks still active. Refused in train() mode
 with dropout (it rescales coordinates after the weight and so brings u back), and on
 parameters offloaded by accelerate (meta device: nothing to edit; use a hook backend).
 """
@@ -113,20 +114,64 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     embedding, unembedding = model.get_input_embeddings(), model.get_output_embeddings()
     tied = unembedding is not None and unembedding.weight is embedding.weight and id(embedding.weight) in edits
 
+    tied = tied or unembedding is not None and id(unembedding) in _UNTIED and id(embedding.weight) in edits
+
     with contextlib.ExitStack() as stack:
         if tied:  # lm_head reads the logits with the original matrix, as under hook ablation
-            shared = embedding.weight
-            stack.callback(setattr, unembedding, "weight", shared)
-            unembedding.weight = torch.nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad)
+            _untie(stack, unembedding, embedding.weight)
         for module, name, dim, units in edits.values():
-            param = getattr(module, name)
-            original = param.detach().clone()
-            stack.callback(_assign, param, original)
-            value = original
-            for unit in units:  # in the order given: two directions at one site are removed one after the other
-                value = _orthogonalised(value, unit, dim)
-            _assign(param, value)
+            _edit(stack, getattr(module, name), dim, units)
         yield model
+
+
+# id(param) -> (its value before any steer block, [(block token, units)] of the blocks active on it, in
+# the order they were entered); id(lm_head) -> (the embedding matrix it shares, how many blocks keep it apart).
+_ACTIVE: dict[int, tuple[torch.Tensor, list[tuple[object, list[torch.Tensor]]]]] = {}
+_UNTIED: dict[int, tuple[torch.nn.Parameter, int]] = {}
+
+
+def _edit(stack: contextlib.ExitStack, param: torch.nn.Parameter, dim: int, units: list[torch.Tensor]) -> None:
+    original, blocks = _ACTIVE.setdefault(id(param), (param.detach().clone(), []))
+    token = object()
+    blocks.append((token, units))
+    _rewrite(param, dim, original, blocks)
+    stack.callback(_undo, param, dim, token)
+
+
+def _undo(param: torch.nn.Parameter, dim: int, token: object) -> None:
+    """Take one block's directions out, whatever blocks entered after it are still active."""
+    original, blocks = _ACTIVE[id(param)]
+    blocks[:] = [block for block in blocks if block[0] is not token]
+    if not blocks:
+        del _ACTIVE[id(param)]
+    _rewrite(param, dim, original, blocks)
+
+
+def _rewrite(param: torch.nn.Parameter, dim: int, original: torch.Tensor, blocks: list) -> None:
+    """original with each active block's units removed, in order (bitwise the original when none is left)."""
+    value = original
+    for _, units in blocks:
+        for unit in units:  # two directions at one site are removed one after the other
+            value = _orthogonalised(value, unit, dim)
+    _assign(param, value)
+
+
+def _untie(stack: contextlib.ExitStack, unembedding: torch.nn.Module, shared: torch.nn.Parameter) -> None:
+    """lm_head gets its own copy of the matrix it shares, until the last block that edits the matrix is left."""
+    if id(unembedding) not in _UNTIED:  # the first such block: the matrix is not edited yet
+        _UNTIED[id(unembedding)] = (shared, 0)
+        unembedding.weight = torch.nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad)
+    shared, count = _UNTIED[id(unembedding)]
+    _UNTIED[id(unembedding)] = (shared, count + 1)
+
+    def retie() -> None:
+        shared, count = _UNTIED.pop(id(unembedding))
+        if count > 1:
+            _UNTIED[id(unembedding)] = (shared, count - 1)
+        else:
+            unembedding.weight = shared
+
+    stack.callback(retie)
 
 
 def _assign(param: torch.nn.Parameter, value: torch.Tensor) -> None:

@@ -346,6 +346,33 @@ def test_blocks_left_out_of_order_keep_the_remaining_steering_exact(model, name)
     assert not torch.equal(b_alone, unsteered)
 
 
+def test_weight_orthogonalisation_blocks_left_out_of_order(model):
+    """Enter A, enter B, leave A first, with ablations that share the embedding (tied to lm_head on GPT-2)
+    and one output projection: what is left removes B's directions alone, bitwise, lm_head still reads the
+    original matrix, and once B is left the model is bitwise as before, tie included. (Restoring the values
+    saved at entry, as it did, left A's directions in with B's, and B's exit restored A's edit.)"""
+    from steering_backends.weight_orthogonalisation import steer
+
+    ids, mask = batch([6, 4], 6, seed=6)
+    a = [SteeringSpec(0, "resid_pre", vec(11), op="ablate"), SteeringSpec(2, "attn_out", vec(12), op="ablate")]
+    b = [SteeringSpec(0, "resid_pre", vec(13), op="ablate"), SteeringSpec(2, "attn_out", vec(14), op="ablate")]
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    before = snapshot(model)
+    unsteered = hf_logits(model, ids, mask)
+    with steer(model, b):
+        b_alone = hf_logits(model, ids, mask)
+    outer, inner = steer(model, a), steer(model, b)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # A first
+    assert torch.equal(hf_logits(model, ids, mask), b_alone)
+    inner.__exit__(None, None, None)
+    assert_unchanged(before, model)
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    assert torch.equal(hf_logits(model, ids, mask), unsteered)
+    assert not torch.equal(b_alone, unsteered)
+
+
 # --- inputs_embeds -------------------------------------------------------------------------------
 
 
