@@ -72,9 +72,9 @@ def compiled_row(model, generate, steer, spec, eager: dict, name: str, args: arg
     torch._dynamo.reset()
     model.__dict__.pop("forward", None)
     model.forward = torch.compile(model.forward, backend=args.backend, dynamic=False)
-    unsteered_warm_up, unsteered_tokens = timed(generate)
+    unsteered_tokens = generate()
     with steer(model, [spec]):
-        steered_warm_up, steered_tokens = timed(generate)
+        steered_tokens = generate()
         graphs = _graphs()
         steered = [timed(generate)[0] for _ in range(args.repeats)]
         in_block = _graphs() - graphs
@@ -85,12 +85,10 @@ def compiled_row(model, generate, steer, spec, eager: dict, name: str, args: arg
             generate()
     return {
         "backend": name,
-        "unsteered_warm_up_s": unsteered_warm_up,
-        "steered_warm_up_s": steered_warm_up,
         "unsteered_s": statistics.median(unsteered),
         "steered_s": statistics.median(steered),
         "in_block": in_block,
-        "per_block": (_graphs() - graphs) / args.repeats,
+        "new_blocks": _graphs() - graphs,
         "same_tokens": torch.equal(unsteered_tokens, eager["unsteered"]) and torch.equal(steered_tokens, eager[name]),
     }
 
@@ -104,22 +102,22 @@ def markdown(rows: list[dict], eager_seconds: float, args: argparse.Namespace, p
         f'greedy `generate(cache_implementation="static")`, batch 1, {prompt_len}-token prompt, {args.new_tokens} new '
         f"tokens; medians of {args.repeats} calls. Steered: one spec, {spec.site} of block {spec.layer}.",
         "",
-        f"- Eager, unsteered: {eager_seconds:.3f} s per generation. Each backend starts from a fresh compile; "
-        "its first unsteered call and its first steered call (the warm-ups) compile.",
-        "- A: unsteered calls after the block; B: calls inside one block, after its first. Recompiles in the block: "
-        "graphs compiled by those B calls (0: none per decoding step, none per call). Graphs per block: compiled "
-        f"for each block entered afresh, one call each. Past dynamo's recompile limit "
-        f"({torch._dynamo.config.recompile_limit} graphs per frame) a frame is no longer compiled and runs eagerly.",
+        f"- Eager, unsteered: {eager_seconds:.3f} s per generation. Each backend starts from a fresh compile.",
+        "- A: unsteered calls after the block; B: calls inside one block, after its first (which compiles the "
+        "steered graphs). Recompiles in the block: graphs compiled by those B calls (0: none per decoding step, "
+        f"none per call). New blocks: graphs compiled for {args.repeats} blocks entered afresh, one call each. "
+        f"Dynamo compiles at most {torch._dynamo.config.recompile_limit} graphs per frame (its recompile limit); "
+        "past it, a call whose guards match no compiled graph runs eagerly.",
         "",
-        "| backend | unsteered warm-up s | steered warm-up s | A: unsteered s | B: steered, one block s | B / A "
-        "| recompiles in the block | graphs per block | tokens = eager's |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backend | A: unsteered s | B: steered, one block s | B / A | recompiles in the block | new blocks: graphs "
+        "| tokens = eager's |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['unsteered_warm_up_s']:.0f} | {r['steered_warm_up_s']:.0f} "
-            f"| {r['unsteered_s']:.3f} | {r['steered_s']:.3f} | {r['steered_s'] / r['unsteered_s']:.3f} "
-            f"| {r['in_block']} | {r['per_block']:.1f} | {'yes' if r['same_tokens'] else 'no'} |"
+            f"| {r['backend']} | {r['unsteered_s']:.3f} | {r['steered_s']:.3f} "
+            f"| {r['steered_s'] / r['unsteered_s']:.3f} | {r['in_block']} | {r['new_blocks']} "
+            f"| {'yes' if r['same_tokens'] else 'no'} |"
         )
     return "\n".join(lines)
 
