@@ -318,6 +318,21 @@ def test_a_model_compiled_without_a_wrapper_is_refused_or_steered(fresh_dynamo, 
 # --- blocks left out of order --------------------------------------------------------------------
 
 
+def leave_outer_first(model, steer, a, b, ids, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (unsteered, under B alone, under what is left after entering A, entering B, leaving A);
+    B is left too before this returns."""
+    unsteered = hf_logits(model, ids, mask)
+    with steer(model, b):
+        b_alone = hf_logits(model, ids, mask)
+    outer, inner = steer(model, a), steer(model, b)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # A first
+    only_b = hf_logits(model, ids, mask)
+    inner.__exit__(None, None, None)
+    return unsteered, b_alone, only_b
+
+
 @pytest.mark.parametrize("name", params(HF_BACKENDS))
 def test_blocks_left_out_of_order_keep_the_remaining_steering_exact(model, name):
     """Enter A, enter B, leave A first: what is left steers exactly as B alone would (bitwise for
@@ -328,15 +343,7 @@ def test_blocks_left_out_of_order_keep_the_remaining_steering_exact(model, name)
     a = specs_for(name)
     b = [SteeringSpec(2, "attn_out", 4 * vec(7)), SteeringSpec(1, "resid_pre", 4 * vec(8))]
     before = snapshot(model)
-    unsteered = hf_logits(model, ids, mask)
-    with steer(model, b):
-        b_alone = hf_logits(model, ids, mask)
-    outer, inner = steer(model, a), steer(model, b)
-    outer.__enter__()
-    inner.__enter__()
-    outer.__exit__(None, None, None)  # A first
-    only_b = hf_logits(model, ids, mask)
-    inner.__exit__(None, None, None)
+    unsteered, b_alone, only_b = leave_outer_first(model, steer, a, b, ids, mask)
     assert_unchanged(before, model)
     assert torch.equal(hf_logits(model, ids, mask), unsteered)
     if name == "bias_editing":
@@ -358,15 +365,8 @@ def test_weight_orthogonalisation_blocks_left_out_of_order(model):
     b = [SteeringSpec(0, "resid_pre", vec(13), op="ablate"), SteeringSpec(2, "attn_out", vec(14), op="ablate")]
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     before = snapshot(model)
-    unsteered = hf_logits(model, ids, mask)
-    with steer(model, b):
-        b_alone = hf_logits(model, ids, mask)
-    outer, inner = steer(model, a), steer(model, b)
-    outer.__enter__()
-    inner.__enter__()
-    outer.__exit__(None, None, None)  # A first
-    assert torch.equal(hf_logits(model, ids, mask), b_alone)
-    inner.__exit__(None, None, None)
+    unsteered, b_alone, only_b = leave_outer_first(model, steer, a, b, ids, mask)
+    assert torch.equal(only_b, b_alone)
     assert_unchanged(before, model)
     assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
     assert torch.equal(hf_logits(model, ids, mask), unsteered)
