@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from helpers import BACKEND_PARAMS, IDS, MASK
+from helpers import BACKEND_PARAMS, IDS, MASK, TINY_MODELS
 
 from steering_backends import backend
 from steering_backends.models import gpt2_tokenizer, random_model
@@ -14,8 +14,6 @@ from steering_backends.parity import Runner
 
 # Steering is inference here; a test that needs gradients turns them back on itself.
 torch.set_grad_enabled(False)
-
-TINY_MODELS = ["tiny-gpt2-random", "tiny-llama-random"]
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,10 @@ def write_result(name: str, text: str) -> None:
 # not (tests/test_parity.py shows it): its padded cached decoding is left out of comparisons there.
 TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 
+# The tiny models most tests run on (conftest.py's `tiny`): learned positions and a GPT-2 block; rotary
+# positions and a Llama decoder.
+TINY_MODELS = ["tiny-gpt2-random", "tiny-llama-random"]
+
 IDS = torch.tensor([[40, 5465, 345, 780, 345, 389, 523]])  # "I hate you because you are so"
 MASK = torch.ones_like(IDS)
 

@@ -3,18 +3,29 @@
 After any ``steer`` block the model must have the same modules, a bitwise-equal
 state_dict with no extra entries, and no hooks added (tests/model_state.py), and give
 its unsteered logits again. For TransformerLens all of this is checked on the bridge.
+
+Runs on the tiny GPT-2 and Llama. Cleanup under failure and nesting, where what a backend
+intercepts depends on the architecture, also run on one tiny model per rule the other
+architectures add (layout.py): Gemma 2's post-norm sublayers and scaled embeddings, Pythia's
+parallel residual, Granite's residual multiplier and Mixtral's sparse MLP. The types left out
+share a rule with one of these (Gemma, Gemma 3 and OLMo 2 with Gemma 2; Qwen3 and Phi-3 with
+Llama; Qwen3-MoE with Mixtral) and run the parity suite.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import IDS, MASK, logits_with, vec
+from helpers import IDS, MASK, TINY_MODELS, logits_with, vec
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec
-from steering_backends.parity import RELATIVE_TOLERANCES, Runner, tolerance
+from steering_backends.layout import get_module, layout_of
+from steering_backends.parity import RELATIVE_TOLERANCES, Runner, supports, tolerance
 from steering_backends.spec import SteeringPlan
+
+RULES = ["tiny-gemma2-random", "tiny-pythia-random", "tiny-granite-random", "tiny-mixtral-random"]
+every_rule = pytest.mark.parametrize("tiny", TINY_MODELS + RULES, indirect=True)  # conftest.py builds each
 
 
 def block(runner: Runner, layer: int) -> torch.nn.Module:
@@ -22,7 +33,13 @@ def block(runner: Runner, layer: int) -> torch.nn.Module:
     model = runner.model
     if runner.is_bridge:
         return model.blocks[layer]
-    return model.transformer.h[layer] if model.config.model_type == "gpt2" else model.model.layers[layer]
+    return get_module(model, layout_of(model).blocks)[layer]
+
+
+def skip_unless_supported(runner: Runner, specs) -> None:
+    """Bias editing refuses post-norm and sparse-MLP sites (tests/test_architectures.py checks each refusal)."""
+    if not supports(runner, specs):
+        pytest.skip(f"{runner.name} refuses these sites on {runner.model.config.model_type} by design")
 
 
 def assert_back_to_unsteered(runner: Runner, before: dict, unsteered: torch.Tensor) -> None:
@@ -33,8 +50,10 @@ def assert_back_to_unsteered(runner: Runner, before: dict, unsteered: torch.Tens
 SPECS = [SteeringSpec(1, "resid_post", vec(1), 3.0), SteeringSpec(3, "attn_out", vec(2), 3.0)]
 
 
+@every_rule
 def test_restored_when_a_hook_raises_mid_forward(runner):
     """A hook (not ours) fails between two steered blocks: steering at block 1 has run."""
+    skip_unless_supported(runner, SPECS)
     before, unsteered = snapshot(runner.model), runner.logits(IDS, MASK)
 
     def fail(module, args, output):
@@ -50,6 +69,7 @@ def test_restored_when_a_hook_raises_mid_forward(runner):
     assert_back_to_unsteered(runner, before, unsteered)
 
 
+@every_rule
 def test_restored_when_steering_itself_raises_mid_forward(runner, monkeypatch):
     """Our own addition fails at the second steered site of the forward pass."""
     if runner.name == "bias_editing":
@@ -82,9 +102,11 @@ def test_an_invalid_later_spec_is_caught_before_anything_is_touched(runner, bad_
     assert_unchanged(before, runner.model)
 
 
+@every_rule
 def test_nested_blocks_compose_and_unwind_in_order(runner):
     outer = [SteeringSpec(1, "resid_post", vec(1), 2.0)]
     inner = [SteeringSpec(1, "resid_post", vec(2), -1.5), SteeringSpec(2, "attn_out", vec(3), 2.0)]
+    skip_unless_supported(runner, outer + inner)
     before, unsteered = snapshot(runner.model), runner.logits(IDS, MASK)
     outer_only, together = logits_with(runner, outer), logits_with(runner, outer + inner)
 
@@ -101,10 +123,11 @@ def test_nested_blocks_compose_and_unwind_in_order(runner):
 
 
 def test_the_same_model_steers_again_right_after(runner):
+    other = [SteeringSpec(2, "mlp_out", vec(4), 3.0)]
+    skip_unless_supported(runner, SPECS + other)
     before, unsteered = snapshot(runner.model), runner.logits(IDS, MASK)
     first = logits_with(runner, SPECS)
     assert torch.equal(logits_with(runner, SPECS), first)
-    other = [SteeringSpec(2, "mlp_out", vec(4), 3.0)]
     other_first = logits_with(runner, other)
     assert not torch.equal(other_first, first)
     assert torch.equal(logits_with(runner, SPECS), first)
@@ -123,6 +146,7 @@ def test_a_vector_in_another_dtype_is_cast_not_refused(runner, dtype):
     """The addition is scaled in the wider dtype, then cast to the activation's, so a
     low-precision vector steers exactly like its float32 values."""
     v = vec().to(dtype)
+    skip_unless_supported(runner, [SteeringSpec(1, "resid_pre", v, 3.0)])
     steered = logits_with(runner, [SteeringSpec(1, "resid_pre", v, 3.0)])
     as_float32 = logits_with(runner, [SteeringSpec(1, "resid_pre", v.float(), 3.0)])
     if dtype == torch.float64:  # 3 * v rounded once from float64 vs computed in float32: 1 ulp apart at most
