@@ -13,7 +13,7 @@ import threading
 
 import pytest
 import torch
-from helpers import BACKEND_PARAMS, TRANSFORMERS_4, vec
+from helpers import BACKEND_PARAMS, IDS, TRANSFORMERS_4, vec
 from model_state import assert_unchanged, snapshot
 
 from steering_backends import SteeringSpec, backend
@@ -598,6 +598,32 @@ def test_a_compiled_bridge_is_refused_with_the_fix(fresh_dynamo, monkeypatch, mo
     with pytest.raises(RuntimeError, match="skip_nnmodule_hook_guards = False"):
         with steer(bridge, position_dependent()):
             pass
+
+
+@pytest.mark.parametrize("model", ["tiny-llama-random"], indirect=True)  # the refusal above runs on both
+def test_a_bridge_compiled_with_hook_guards_is_steered_inside_unsteered_after(fresh_dynamo, monkeypatch, model):
+    """The fix the refusal names: with dynamo's hook guards on, a bridge compiled and called before the block
+    recompiles with the block's hooks: steered inside (within 1e-5 of the eager bridge), unsteered after."""
+    if why := unavailable("transformer_lens_hooks"):
+        pytest.skip(why)
+    from steering_backends.models import gpt2_tokenizer
+    from steering_backends.transformer_lens_hooks import bridge_from_hf, steer
+
+    monkeypatch.setattr(fresh_dynamo.config, "skip_nnmodule_hook_guards", False)
+    bridge = bridge_from_hf(model, gpt2_tokenizer())
+    ids, specs = IDS.repeat(2, 1), position_dependent()
+    mask = torch.ones_like(ids)
+    unsteered = bridge(ids, attention_mask=mask)
+    with steer(bridge, specs):
+        steered = bridge(ids, attention_mask=mask)
+    assert (steered - unsteered).abs().max() > 0.1  # the specs change the logits, so the checks below can fail
+    compiled = torch.compile(bridge, backend="eager")
+    assert torch.allclose(compiled(ids, attention_mask=mask), unsteered, atol=1e-5)
+    graphs = fresh_dynamo.utils.counters["stats"]["unique_graphs"]
+    with steer(bridge, specs):
+        assert torch.allclose(compiled(ids, attention_mask=mask), steered, atol=1e-5)
+    assert torch.allclose(compiled(ids, attention_mask=mask), unsteered, atol=1e-5)
+    assert fresh_dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # recompiled for the hooks, not eager
 
 
 @pytest.mark.skipif(TRANSFORMERS_4, reason="compiled on the first leg's torch and transformers")
