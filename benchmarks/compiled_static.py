@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="inductor", help="torch.compile's backend")
+    parser.add_argument("--steering", nargs="+", default=BACKENDS, choices=BACKENDS, help="steering backends")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -51,13 +52,13 @@ def main(argv: list[str] | None = None) -> None:
         return model.generate(ids, **decode)
 
     eager = {"unsteered": generate()}
-    for name in BACKENDS:
+    for name in args.steering:
         with backend(name).steer(model, [spec]):
             eager[name] = generate()
     eager_seconds = statistics.median(timed(generate)[0] for _ in range(args.repeats))
 
     rows = []
-    for name in BACKENDS:
+    for name in args.steering:
         rows.append(compiled_row(model, generate, backend(name).steer, spec, eager, name, args))
         print(rows[-1], flush=True)
     text = markdown(rows, eager_seconds, args, ids.shape[1], spec)

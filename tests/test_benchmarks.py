@@ -63,17 +63,18 @@ def test_per_row_benchmark_writes_its_table(tmp_path):
 
 
 def test_compiled_static_benchmark_writes_its_table(tmp_path, monkeypatch):
-    """Dynamo's eager backend (no kernels to build): each backend's tokens are eager's; inside one block
-    no backend compiles again; bias editing compiles nothing for a new block either."""
+    """Dynamo's eager backend (no kernels to build), one hook backend and bias editing: each one's tokens are
+    eager's; inside one block neither compiles again; bias editing compiles nothing for a new block either."""
     import torch
 
     # main() turns hook guards on for the process; the tests after this one see dynamo's setting as it was.
     monkeypatch.setattr(
         torch._dynamo.config, "skip_nnmodule_hook_guards", torch._dynamo.config.skip_nnmodule_hook_guards
     )
-    args = ["--model", "tiny-llama-random", "--new-tokens", "3", "--repeats", "2", "--backend", "eager"]
-    compiled_static.main([*args, "--out", str(tmp_path)])
+    steering = ["pytorch_hooks", "bias_editing"]
+    args = ["--model", "tiny-llama-random", "--new-tokens", "3", "--repeats", "1", "--backend", "eager"]
+    compiled_static.main([*args, "--steering", *steering, "--out", str(tmp_path)])
     table = (tmp_path / "compiled_static.md").read_text()
-    for name in compiled_static.BACKENDS:
+    for name in steering:
         new_blocks = "0" if name == "bias_editing" else r"\d+"
         assert re.search(rf"\| {name} \|( [\d.]+ \|){{3}} 0 \| {new_blocks} \| yes \|", table), table

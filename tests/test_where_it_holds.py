@@ -274,15 +274,26 @@ def _compile_for_generate(model):
 
 
 # Ways of compiling that leave the model unwrapped: transformers' static-cache recipe, and generate's own.
+FORWARD_RECIPE = "forward = torch.compile(forward)"
 UNWRAPPED_COMPILES = {
-    "forward = torch.compile(forward)": _compile_forward,
+    FORWARD_RECIPE: _compile_forward,
     "generate's compiled call": _compile_for_generate,
 }
 
 
-@pytest.mark.parametrize("guards", [False, True], ids=["hook guards off", "hook guards on"])
-@pytest.mark.parametrize("how", UNWRAPPED_COMPILES)
-@pytest.mark.parametrize("name", ["pytorch_hooks", "baukit_tracedict"])
+UNWRAPPED_SCENARIOS = [
+    *[
+        pytest.param(name, how, False, id=f"{name}-{how}-hook guards off")
+        for name in ("pytorch_hooks", "baukit_tracedict")
+        for how in UNWRAPPED_COMPILES
+    ],
+    # The fix: both ways on pytorch_hooks, the forward recipe on baukit (what makes it hold is dynamo's guards).
+    *[pytest.param("pytorch_hooks", how, True, id=f"pytorch_hooks-{how}-hook guards on") for how in UNWRAPPED_COMPILES],
+    pytest.param("baukit_tracedict", FORWARD_RECIPE, True, id=f"baukit_tracedict-{FORWARD_RECIPE}-hook guards on"),
+]
+
+
+@pytest.mark.parametrize(("name", "how", "guards"), UNWRAPPED_SCENARIOS)
 def test_a_model_compiled_without_a_wrapper_is_refused_or_steered(fresh_dynamo, monkeypatch, name, how, guards):
     """A static-cache decode compiled before the block, without a torch.compile wrapper. Measured with hook
     guards off and no refusal: the forward recipe decoded the unsteered tokens inside the block, generate's
