@@ -1064,32 +1064,6 @@ def self_check_code(name: str) -> str:
 # 8. Exercise
 
 EXERCISE = {
-    "custom_wrapper": """
-## 8. Exercise
-
-Write `AddToOutput`, a wrapper that adds to its block's *output* (`resid_post`) and handles a tuple or a tensor.
-Steering the output of block `warm.layer − 1` must give bitwise the logits of `AddToInput` at `warm.layer`.
-
-<details><summary>Solution</summary>
-
-```python
-class AddToOutput(Wrapper):
-    def __init__(self, block, addition):
-        super().__init__(block)
-        self.addition = addition
-
-    def forward(self, *args, **kwargs):
-        output = self.block(*args, **kwargs)
-        if isinstance(output, tuple):  # transformers 4's GPT2Block: (hidden, ...)
-            return (output[0] + self.addition, *output[1:])
-        return output + self.addition  # transformers 5: a tensor
-
-
-with swapped(warm.layer - 1, AddToOutput(blocks[warm.layer - 1], addition)):
-    assert torch.equal(model(prompt).logits, inline_logits)  # block L − 1's output is block L's input
-```
-</details>
-""",
     "baukit_tracedict": """
 ## 8. Exercise
 
@@ -1112,56 +1086,6 @@ assert torch.equal(resid_pre_fast(pairs[0][0], warm.layer), resid_pre(pairs[0][0
 ```
 </details>
 """,
-    "transformer_lens_hooks": """
-## 8. Exercise
-
-Read the first warm sentence, `pairs[0][0]`, *without* BOS (`bridge.run_with_cache(text, prepend_bos=False)`),
-and compare each token's norm at block `warm.layer`'s input with what `resid_pre` gives. Which token changes
-most, and why would a vector averaged over these tokens change with it?
-
-<details><summary>Solution</summary>
-
-```python
-name = f"blocks.{warm.layer}.hook_resid_pre"
-_, cache = bridge.run_with_cache(pairs[0][0], names_filter=name, prepend_bos=False)
-without = cache[name][0].norm(dim=-1)  # every token: no BOS to leave out
-with_bos = resid_pre(pairs[0][0], warm.layer).norm(dim=-1)
-print([round(n) for n in without.tolist()])
-print([round(n) for n in with_bos.tolist()])
-```
-
-Without BOS the first word sits at position 0, where a trained model parks its attention sink: its activation is
-about 100× larger than the others and mostly about being first, not about the word. An average over the tokens
-would be dominated by it, and a warm − cold difference would depend on whether the two sentences start alike.
-</details>
-""",
-    "nnsight_trace": """
-## 8. Exercise
-
-Steer only the generated tokens: during `lm.generate`, leave step 0 (the prompt) alone and add `addition` at
-every later step. The library does the same with `start=prompt.shape[1]`, the position of the first generated
-token; check that both generate the same ids.
-
-<details><summary>Solution</summary>
-
-```python
-with lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY) as tracer:
-    for _ in tracer.iter[1:N_NEW]:  # steps 1, 2, ...: one new token each; step 0 ran the prompt
-        block.input = block.input + addition
-    late_inline = tracer.result.save()
-
-late = SteeringSpec(warm.layer, "resid_pre", warm.vector, warm.coeff, start=prompt.shape[1])
-with steer(lm, [late]):
-    late_library = lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY)
-assert torch.equal(late_inline, late_library)
-print(tokenizer.decode(late_inline[0, prompt.shape[1] :]))
-```
-
-Step 0 runs the prompt, positions 0 … T − 1, and picks the first new token unsteered; step k runs only the
-token at position T + k − 1, which the library places by the attention mask over cache and new tokens, not by
-the one-token call's own `arange`. So the first new token is the unsteered one, and the steering starts after it.
-</details>
-""",
 }
 
 # ARENA-style exercises: a stub (cells tagged exercise-stub, which tests/test_exercises.py runs), a check cell
@@ -1174,6 +1098,40 @@ EXERCISES_INTRO = (
     "what is wrong, on any model. Until a stub is written its check says so; the solutions are in "
     "`notebooks/solutions/{notebook}.py`, and CI runs every check on them and on these stubs."
 )
+STUB_OUTPUT_WRAPPER = '''
+import torch
+
+
+class AddToOutput(torch.nn.Module):
+    """Stands in for `block`: returns its output + addition [d_model] (the output is a tensor [batch, pos,
+    d_model], or a tuple whose first item is one), and answers every other attribute as the block would."""
+
+    def __init__(self, block: torch.nn.Module, addition: torch.Tensor) -> None:
+        super().__init__()
+        self.block = block
+        self.addition = addition
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("AddToOutput.forward")
+'''
+STUB_TOKEN_NORMS = '''
+import torch
+
+
+def token_norms(bridge, text: str, layer: int, prepend_bos: bool) -> torch.Tensor:
+    """The norm of block `layer`'s input (hook_resid_pre) at each token of `text`, read with run_with_cache:
+    [tokens]. With prepend_bos=True, BOS's row is left out, so both settings give one norm per token of text."""
+    raise NotImplementedError("token_norms")
+'''
+STUB_NEW_TOKENS = '''
+import torch
+
+
+def steer_new_tokens(lm, block, prompt: torch.Tensor, addition: torch.Tensor, n_new: int) -> torch.Tensor:
+    """Greedy lm.generate from prompt [1, T], exactly n_new new tokens, with addition [d_model] added to the
+    input of `block` (an envoy of lm) at every step but step 0, the prompt's: the ids, [1, T + n_new]."""
+    raise NotImplementedError("steer_new_tokens")
+'''
 STUB_BLOCKS = '''
 import contextlib
 
@@ -1243,6 +1201,50 @@ def add_to_attn_out(model: torch.nn.Module, layer: int, addition: torch.Tensor):
     yield
 '''
 ARENA = {
+    "custom_wrapper": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: a wrapper on the output
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Write `AddToOutput`, a wrapper that adds to its block's *output* (`resid_post`) and answers the block's
+attributes as section 2's `Wrapper` does. Its block may return a tensor (transformers 5) or a tuple
+`(hidden, ...)` (transformers 4's `GPT2Block`): add to the hidden states either way. Block L − 1's output is
+block L's input, so wrapping block L − 1 must give bitwise the logits of `AddToInput` at block L: here,
+`swapped(warm.layer - 1, AddToOutput(blocks[warm.layer - 1], addition))` gives `inline_logits`. The check tries
+every block of four tiny random layouts and a block that returns a tuple. Solution:
+`notebooks/solutions/01_custom_wrapper.py`; CI runs the check on it and on this stub.""",
+        ),
+        ("exercise-stub", "code", text(STUB_OUTPUT_WRAPPER)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_add_to_output, AddToOutput)"),
+    ],
+    "transformer_lens_hooks": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: BOS and the first token
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Write `token_norms`, which reads block `layer`'s input with `bridge.run_with_cache(text, ...,
+prepend_bos=prepend_bos)` and returns each token's norm, BOS's row left out when it is there. The check compares
+it with a hook on a tiny random GPT-2 bridge, with and without BOS. Then print
+`token_norms(bridge, pairs[0][0], warm.layer, False)` above `token_norms(bridge, pairs[0][0], warm.layer, True)`:
+which token changes most, and why would a vector averaged over these tokens change with it? Solution:
+`notebooks/solutions/04_transformer_lens.py`; CI runs the check on it and on this stub.
+
+<details><summary>Answer</summary>
+
+Without BOS the first word sits at position 0, where a trained model parks its attention sink: its activation is
+about 100× larger than the others and mostly about being first, not about the word. An average over the tokens
+would be dominated by it, and a warm − cold difference would depend on whether the two sentences start alike.
+</details>""",
+        ),
+        ("exercise-stub", "code", text(STUB_TOKEN_NORMS)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_token_norms, token_norms)"),
+    ],
     "pytorch_hooks": [
         ("exercises", "markdown", EXERCISES_INTRO.format(notebook="02_pytorch_hooks")),
         (
@@ -1338,6 +1340,30 @@ the body raised. Solution: `notebooks/solutions/05_bias_editing.py`; CI runs the
         ),
         ("exercise-stub", "code", text(STUB_ATTN_OUT)),
         ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_add_to_attn_out, add_to_attn_out)"),
+    ],
+    "nnsight_trace": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: steer only the generated tokens
+
+*Difficulty: 2 of 3. About 15 minutes.*
+
+Write `steer_new_tokens`: during `lm.generate`, leave step 0 (the prompt) alone and add `addition` at `block`'s
+input at every later step (`tracer.iter` takes a slice of steps). The library does the same with
+`start=prompt.shape[1]`, the position of the first generated token; the check compares your ids with its ids on
+a tiny random Llama. Then try it here: `steer_new_tokens(lm, block, prompt, addition, N_NEW)`. Solution:
+`notebooks/solutions/09_nnsight.py`; CI runs the check on it and on this stub.
+
+<details><summary>Why the first new token is the unsteered one</summary>
+
+Step 0 runs the prompt, positions 0 … T − 1, and picks the first new token unsteered; step k runs only the
+token at position T + k − 1, which the library places by the attention mask over cache and new tokens, not by
+the one-token call's own `arange`. So the first new token is the unsteered one, and the steering starts after it.
+</details>""",
+        ),
+        ("exercise-stub", "code", text(STUB_NEW_TOKENS)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_steer_new_tokens, steer_new_tokens)"),
     ],
 }
 

@@ -50,6 +50,23 @@ def wrong_answers() -> list[tuple[str, object, object]]:
     """(what is wrong, check, the wrong function): mistakes a reader could make, each of which its check catches."""
     solution = importlib.import_module("solutions.02_pytorch_hooks")
     find_blocks = solution.find_blocks
+    AddToOutput = importlib.import_module("solutions.01_custom_wrapper").AddToOutput
+
+    class AddsToTheInput(AddToOutput):  # the 01 exercise steering block L - 1's input, one block too early
+        def forward(self, hidden_states, *args, **kwargs):
+            return self.block(hidden_states + self.addition, *args, **kwargs)
+
+    class TensorOnly(AddToOutput):  # transformers 5's blocks only: a tuple + a tensor raises TypeError
+        def forward(self, *args, **kwargs):
+            return self.block(*args, **kwargs) + self.addition
+
+    class NoGetattr(torch.nn.Module):  # wrapper.mlp raises AttributeError: it does not answer for the block
+        def __init__(self, block, addition):
+            super().__init__()
+            self.block, self.addition = block, addition
+
+        def forward(self, *args, **kwargs):
+            return AddToOutput.forward(self, *args, **kwargs)
 
     @contextlib.contextmanager
     def adds_to_the_output(model, layer, addition):  # block L's output is block L + 1's input, not block L's
@@ -95,7 +112,65 @@ def wrong_answers() -> list[tuple[str, object, object]]:
             raise ValueError("none")
         return max(fluent, key=lambda key: fluent[key].delta)
 
+    def norms_of(bridge, text, name, keep_bos=False, **kwargs):
+        _, cache = bridge.run_with_cache(text, names_filter=name, **kwargs)
+        return cache[name][0].norm(dim=-1)[0 if keep_bos else 1 :]
+
+    def steer_steps(first):  # the 09 exercise steering from step `first` on (its solution: step 1)
+        def steer_new_tokens(lm, block, prompt, addition, n_new):
+            greedy = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+            with lm.generate(prompt, attention_mask=torch.ones_like(prompt), **greedy) as tracer:
+                for _ in tracer.iter[first:n_new]:
+                    block.input = block.input + addition
+                ids = tracer.result.save()
+            return ids
+
+        return steer_new_tokens
+
+    swapped_in = importlib.import_module("solutions.10_offload").swapped_in
+    add_to_input = importlib.import_module("solutions.10_offload").AddToInput
+
+    @contextlib.contextmanager
+    def swap_without_finally(blocks, layer, addition):  # an exception in the body leaves the wrapper in place
+        original = blocks[layer]
+        blocks[layer] = add_to_input(original, addition)
+        yield
+        blocks[layer] = original
+
+    @contextlib.contextmanager
+    def removes_accelerates_hooks(blocks, layer, addition):  # "cleans up" every hook: the weights stay on meta
+        from accelerate.hooks import remove_hook_from_module
+
+        with swapped_in(blocks, layer, addition):
+            yield
+        remove_hook_from_module(blocks[layer], recurse=True)
+
     return [
+        ("ablates instead of capping", checks.check_cap, lambda h, u, c: h - (h @ u).unsqueeze(-1) * u),
+        ("caps from below", checks.check_cap, lambda h, u, c: h + torch.relu(c - h @ u).unsqueeze(-1) * u),
+        ("caps at 0, not at c", checks.check_cap, lambda h, u, c: h - torch.relu(h @ u).unsqueeze(-1) * u),
+        ("leaves the wrapper on error", checks.check_swapped_in, swap_without_finally),
+        ("removes accelerate's hooks", checks.check_swapped_in, removes_accelerates_hooks),
+        ("steers the prompt too", checks.check_steer_new_tokens, steer_steps(0)),
+        ("from the second new token", checks.check_steer_new_tokens, steer_steps(2)),
+        (
+            "ignores prepend_bos",
+            checks.check_token_norms,
+            lambda b, t, L, bos: norms_of(b, t, f"blocks.{L}.hook_resid_pre"),
+        ),
+        (
+            "keeps BOS's row",
+            checks.check_token_norms,
+            lambda b, t, L, bos: norms_of(b, t, f"blocks.{L}.hook_resid_pre", keep_bos=True, prepend_bos=bos),
+        ),
+        (
+            "reads hook_resid_post",
+            checks.check_token_norms,
+            lambda b, t, L, bos: norms_of(b, t, f"blocks.{L}.hook_resid_post", keep_bos=not bos, prepend_bos=bos),
+        ),
+        ("adds to the block's input", checks.check_add_to_output, AddsToTheInput),
+        ("a tensor output only", checks.check_add_to_output, TensorOnly),
+        ("no __getattr__", checks.check_add_to_output, NoGetattr),
         ("a copy of the block list", checks.check_find_blocks, lambda model: torch.nn.ModuleList(find_blocks(model))),
         ("adds to the output", checks.check_add_to_block_input, adds_to_the_output),
         ("no finally", checks.check_add_to_block_input, no_finally),
