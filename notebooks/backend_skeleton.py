@@ -6,9 +6,9 @@
 
 Every notebook gets the same headings and cells in the same order; a cell is either shared
 text or one entry per backend. A few cells belong to one notebook: 02's colder table, 05's
-annahdo variant, and the ARENA-style exercises of 02 and 05 (stubs tagged ``exercise-stub``,
-checked by notebooks/exercises/checks.py). Edit here, not in the .ipynb files: a rewrite drops
-outputs, so re-run the notebooks afterwards.
+annahdo variant, and each notebook's ARENA-style exercises (stubs tagged ``exercise-stub``,
+checked by notebooks/exercises/checks.py; solutions in notebooks/solutions/). Edit here, not in
+the .ipynb files: a rewrite drops outputs, so re-run the notebooks afterwards.
 """
 
 from __future__ import annotations
@@ -1063,31 +1063,6 @@ def self_check_code(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # 8. Exercise
 
-EXERCISE = {
-    "baukit_tracedict": """
-## 8. Exercise
-
-Reading a block's input needs only the blocks before it. `Trace(..., stop=True)` raises baukit's `StopForward`
-right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Read block
-`warm.layer`'s input that way, from the output of `feeding(warm.layer)`, and check that it equals `resid_pre`'s
-for the first warm sentence, `pairs[0][0]`.
-
-<details><summary>Solution</summary>
-
-```python
-def resid_pre_fast(text, layer):
-    with Trace(model, feeding(layer), stop=True) as trace:  # stops right after the module that feeds block `layer`
-        model(tokens(text))
-    output = trace.output if torch.is_tensor(trace.output) else trace.output[0]
-    return output[0, 1:]
-
-
-assert torch.equal(resid_pre_fast(pairs[0][0], warm.layer), resid_pre(pairs[0][0], warm.layer))
-```
-</details>
-""",
-}
-
 # ARENA-style exercises: a stub (cells tagged exercise-stub, which tests/test_exercises.py runs), a check cell
 # running notebooks/exercises/checks.py on it, a difficulty and a time. Solutions: notebooks/solutions/.
 CHECKS_IMPORT = "from exercises import checks  # beside the notebooks: each check builds its own small models\n\n"
@@ -1131,6 +1106,16 @@ def steer_new_tokens(lm, block, prompt: torch.Tensor, addition: torch.Tensor, n_
     """Greedy lm.generate from prompt [1, T], exactly n_new new tokens, with addition [d_model] added to the
     input of `block` (an envoy of lm) at every step but step 0, the prompt's: the ids, [1, T + n_new]."""
     raise NotImplementedError("steer_new_tokens")
+'''
+STUB_RESID_PRE_FAST = '''
+import torch
+from baukit import Trace
+
+
+def resid_pre_fast(model: torch.nn.Module, blocks: str, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """Block `layer`'s input over ids [batch, pos] (layer >= 1; blocks: their dotted name, e.g. "model.layers"),
+    read with a Trace that stops the forward, so that no module after block `layer` runs: [batch, pos, d_model]."""
+    raise NotImplementedError("resid_pre_fast")
 '''
 STUB_BLOCKS = '''
 import contextlib
@@ -1219,6 +1204,25 @@ every block of four tiny random layouts and a block that returns a tuple. Soluti
         ),
         ("exercise-stub", "code", text(STUB_OUTPUT_WRAPPER)),
         ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_add_to_output, AddToOutput)"),
+    ],
+    "baukit_tracedict": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: stop the forward
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Reading a block's input needs only the blocks before it. `Trace(..., stop=True)` raises baukit's `StopForward`
+right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Write
+`resid_pre_fast`, which reads block `layer`'s input that way. The check compares it with a pre-hook's record on
+four tiny random layouts and makes sure no later block, and not the unembedding, ran. Then check that
+`resid_pre_fast(model, BLOCKS, tokens(pairs[0][0]), warm.layer)[0, 1:]` equals
+`resid_pre(pairs[0][0], warm.layer)`. Solution: `notebooks/solutions/03_baukit_tracedict.py`; CI runs the check on
+it and on this stub.""",
+        ),
+        ("exercise-stub", "code", text(STUB_RESID_PRE_FAST)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_resid_pre_fast, resid_pre_fast)"),
     ],
     "transformer_lens_hooks": [
         (
@@ -1401,7 +1405,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("bad-spec", "code", BAD_CODE[name]),
         ("self-check-heading", "markdown", SELF_CHECK_MD),
         ("self-check", "code", self_check_code(name)),
-        *(ARENA[name] if name in ARENA else [("exercise", "markdown", text(EXERCISE[name]))]),
+        *ARENA[name],
     ]
 
 

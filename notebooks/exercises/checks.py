@@ -23,7 +23,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from steering_backends import SteeringSpec
 from steering_backends.compare import Summary, compare
 from steering_backends.models import load
-from steering_backends.vectors import load_pairs, load_reference_texts, pair_differences, residual_norm
+from steering_backends.vectors import (
+    load_pairs,
+    load_reference_texts,
+    pair_differences,
+    residual_norm,
+    x_vector,
+)
 
 __all__ = [
     "EXERCISES",
@@ -33,11 +39,15 @@ __all__ = [
     "check_cap",
     "check_choose",
     "check_find_blocks",
+    "check_first_changed_row",
+    "check_last_token_differences",
+    "check_resid_pre_fast",
     "check_steer_new_tokens",
     "check_swapped_in",
     "check_sweep",
     "check_token_norms",
     "check_tokens_per_call",
+    "check_x_vector_rows",
     "run",
 ]
 
@@ -312,6 +322,43 @@ def check_choose(choose: Callable) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# 03: reading a block's input without running the rest
+
+
+@torch.no_grad()  # steering is inference here
+def check_resid_pre_fast(resid_pre_fast: Callable) -> None:
+    """resid_pre_fast(model, blocks, ids, layer) is block `layer`'s input, [batch, pos, d_model], bitwise what a
+    pre-hook records, for four layouts, block 1 and the last; no module after block `layer` runs (not the later
+    blocks, not the unembedding), and no hook is left."""
+    for arch, model, name in _models():
+        blocks, ids, hooks = model.get_submodule(name), _ids(model), _hooks(model)
+        for layer in (1, len(blocks) - 1):
+            recorded, ran = [], []
+            handle = blocks[layer].register_forward_pre_hook(
+                lambda module, args, kwargs, kept=recorded: kept.append(args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True,
+            )
+            try:
+                model(ids)
+            finally:
+                handle.remove()
+            later = [*blocks[layer + 1 :], model.get_output_embeddings()]
+            handles = [
+                m.register_forward_pre_hook(lambda module, args, ran=ran: ran.append(type(module).__name__))
+                for m in later
+            ]
+            try:
+                got = resid_pre_fast(model, name, ids, layer)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            assert torch.is_tensor(got), f"{arch}, block {layer}: a tensor, not a {type(got).__name__}"
+            assert torch.equal(got, recorded[0]), f"{arch}, block {layer}: not the block's input"
+            assert not ran, f"{arch}, block {layer}: {ran} ran after the block; stop the forward once you have it"
+        assert _hooks(model) == hooks, f"{arch}: a hook was left on the model"
+
+
+# ---------------------------------------------------------------------------------------------
 # 04: BOS and the first token
 
 
@@ -374,6 +421,92 @@ def check_add_to_attn_out(add_to_attn_out: Callable) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# 06: an x-vector's rows
+
+
+@torch.no_grad()  # steering is inference here
+def check_x_vector_rows(x_vector_rows: Callable) -> None:
+    """x_vector_rows(model, tokenizer, positive, negative, layer, pad_token_id): act(BOS + positive) - act(BOS +
+    negative) at block `layer`'s input, the shorter right-padded: the library's x_vector with coeff 1 (within the
+    rounding of a batch), on a
+    tiny random GPT-2 and Llama with GPT-2's tokenizer, for words of one token, of two ("Hate": H + ate) and
+    prompts that share a prefix."""
+    for arch in ("gpt2", "llama"):
+        model, tokenizer = _built(arch), load(f"tiny-{arch}-random")[1]
+        space, hooks = tokenizer(" ", add_special_tokens=False)["input_ids"][0], _hooks(model)
+        for positive, negative in (("Love", "Hate"), (" love", " hate"), ("Intent to praise", "Intent to hurt")):
+            got = x_vector_rows(model, tokenizer, positive, negative, 2, space)
+            expected = x_vector(model, tokenizer, positive, negative, 1.0, 2, pad_token_id=space).vector
+            where = f"{arch}, {positive!r} - {negative!r}"
+            assert torch.is_tensor(got), f"{where}: a tensor, not a {type(got).__name__}"
+            assert got.shape == expected.shape, (
+                f"{where}: {tuple(got.shape)}, not {tuple(expected.shape)}: one row per token of the longer "
+                "prompt, BOS included"
+            )
+            gap = (got.float() - expected).abs().max() / expected.abs().max()  # a batch of two rounds otherwise
+            assert gap < 1e-4, f"{where}: not act(positive) - act(negative), row by row (gap {gap:.1e})"
+        assert _hooks(model) == hooks, f"{arch}: a hook was left on the model"
+
+
+# ---------------------------------------------------------------------------------------------
+# 07: reading at the last token
+
+PAIRS = [  # sentences of different lengths, so that a padded batch has padding to get wrong
+    ("I love this.", "I hate this."),
+    ("What a wonderful and generous friend you are", "What a cruel friend"),
+    ("Thank you", "No thanks, I would rather not hear from you again"),
+]
+
+
+@torch.no_grad()  # steering is inference here
+def check_last_token_differences(last_token_differences: Callable) -> None:
+    """last_token_differences(model, tokenizer, pairs, layer): block `layer`'s input at the last token of BOS +
+    positive minus the same for negative, [n_pairs, d_model]; the library's pair_differences(..., reduce="last")
+    within float rounding of batching, on a tiny random Llama, for pairs of unequal lengths and two blocks."""
+    model, tokenizer = _built("llama"), load("tiny-llama-random")[1]
+    hooks = _hooks(model)
+    for layer in (1, 3):
+        got = last_token_differences(model, tokenizer, PAIRS, layer)
+        expected = pair_differences(model, tokenizer, PAIRS, layer, reduce="last", progress=False)
+        assert torch.is_tensor(got), f"block {layer}: a tensor, not a {type(got).__name__}"
+        assert got.shape == expected.shape, f"block {layer}: shape {tuple(got.shape)}, not {tuple(expected.shape)}"
+        gap = (got.float() - expected).abs().max() / expected.abs().max()
+        assert gap < 1e-4, f"block {layer}: not each sentence's last token at block {layer}'s input (gap {gap:.1e})"
+    assert _hooks(model) == hooks, "a hook was left on the model"
+
+
+# ---------------------------------------------------------------------------------------------
+# 08: which lens row shows the steering
+
+
+@torch.no_grad()  # steering is inference here
+def check_first_changed_row(first_changed_row: Callable) -> None:
+    """first_changed_row(model, lens, ids, spec, backend): the first block whose tuned-lens loss row changes, on a
+    tiny random Llama: block L for a resid_pre hook at L, block L - 1 for bias editing (which adds inside block
+    L - 1), L for resid_post of L either way; None for a spec that changes nothing (coeff 0)."""
+    from steering_backends.lens import TunedLens
+
+    model = copy.deepcopy(_built("llama"))
+    n_layers, d_model = model.config.num_hidden_layers, model.config.hidden_size
+    lens = TunedLens(n_layers, d_model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        for p in lens.parameters():  # a lens that is not just the logit lens
+            p.normal_(0, 0.02)
+        vector = torch.randn(d_model)
+    ids = _ids(model)[:1]
+    cases = [
+        (SteeringSpec(2, "resid_pre", vector, 0.0), "pytorch_hooks", None),
+        (SteeringSpec(2, "resid_pre", vector), "pytorch_hooks", 2),
+        (SteeringSpec(2, "resid_pre", vector), "bias_editing", 1),
+        (SteeringSpec(1, "resid_post", vector), "bias_editing", 1),
+    ]
+    for spec, backend, expected in cases:
+        got = first_changed_row(model, lens, ids, spec, backend)
+        assert got == expected, f"{spec.site} of block {spec.layer} through {backend}: row {got}, expected {expected}"
+
+
+# ---------------------------------------------------------------------------------------------
 # 09: steer only the generated tokens
 
 
@@ -426,7 +559,7 @@ def check_swapped_in(swapped_in: Callable) -> None:
     """Inside `with swapped_in(blocks, layer, addition):` a tiny Llama whose blocks 1 and 3 accelerate reads from
     disk gives bitwise the logits of the whole model with a pre-hook adding to block `layer`'s input, its
     offloaded weights still on meta (accelerate's hooks came along with the block); afterwards, also when the body
-    raised, the same modules, no hooks, and the whole model's unsteered logits."""
+    raised, the same modules and the whole model's unsteered logits. Public attributes only, as the solution."""
     from steering_backends.pytorch_hooks import steer
 
     plain = _built("llama")
@@ -438,7 +571,7 @@ def check_swapped_in(swapped_in: Callable) -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = load("tiny-llama-random", device_map=device_map, offload_folder=folder)[0]
         modules = [(name, type(m).__name__) for name, m in model.named_modules()]
-        on_meta, hooks, unsteered = sum(p.is_meta for p in model.parameters()), _hooks(model), plain(ids).logits
+        on_meta, unsteered = sum(p.is_meta for p in model.parameters()), plain(ids).logits
         for layer in sorted(on_disk) + [2]:
             with swapped_in(model.model.layers, layer, addition):
                 steered = _logits_or_fail(model, ids, f"with block {layer} swapped")
@@ -454,7 +587,6 @@ def check_swapped_in(swapped_in: Callable) -> None:
         with contextlib.suppress(KeyError), swapped_in(model.model.layers, 1, addition):
             raise KeyError("raised inside the with block")
         assert [(name, type(m).__name__) for name, m in model.named_modules()] == modules, "the modules changed"
-        assert _hooks(model) == hooks, "PyTorch hooks were left on the model"
         assert sum(p.is_meta for p in model.parameters()) == on_meta, "the offloaded weights are no longer on meta"
         after = _logits_or_fail(model, ids, "after the with block")
         assert torch.equal(after, unsteered), "not the whole model's unsteered logits after the block"
@@ -496,8 +628,12 @@ EXERCISES: dict[str, list[tuple[Callable, tuple[str, ...]]]] = {
         (check_choose, ("choose",)),
         (check_tokens_per_call, ("tokens_per_call",)),
     ],
+    "03_baukit_tracedict": [(check_resid_pre_fast, ("resid_pre_fast",))],
     "04_transformer_lens": [(check_token_norms, ("token_norms",))],
     "05_bias_editing": [(check_add_to_attn_out, ("add_to_attn_out",))],
+    "06_activation_additions": [(check_x_vector_rows, ("x_vector_rows",))],
+    "07_representation_engineering": [(check_last_token_differences, ("last_token_differences",))],
+    "08_lens": [(check_first_changed_row, ("first_changed_row",))],
     "09_nnsight": [(check_steer_new_tokens, ("steer_new_tokens",))],
     "10_offload": [(check_swapped_in, ("swapped_in",))],
     "11_ablation": [(check_cap, ("cap",))],
