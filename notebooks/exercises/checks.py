@@ -126,10 +126,6 @@ def _same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool
 class _TupleBlock(torch.nn.Module):
     """A block as transformers 4's GPT2Block returns: (hidden [batch, pos, d_model], extra)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.mlp = torch.nn.Identity()
-
     def forward(self, hidden_states, *args, **kwargs):
         return hidden_states * 2, "extra"
 
@@ -137,7 +133,7 @@ class _TupleBlock(torch.nn.Module):
 @torch.no_grad()  # steering is inference here
 def check_add_to_output(AddToOutput: type) -> None:
     """AddToOutput(block, addition) in place of block L - 1 gives bitwise the logits of a pre-hook adding to block
-    L's input, for four layouts and each L; it answers the block's attributes (wrapper.self_attn), and on a block that
+    L's input, for four layouts and each L; it answers the block's attributes (its first submodule), and on a block that
     returns a tuple it adds to the hidden states and passes the rest on."""
     for arch, model, name in _models():
         blocks, d_model = model.get_submodule(name), model.config.hidden_size
