@@ -135,6 +135,16 @@ def check_add_to_output(AddToOutput: type) -> None:
     """AddToOutput(block, addition) in place of block L - 1 gives bitwise the logits of a pre-hook adding to block
     L's input, for four layouts and each L; it answers the block's attributes (its first submodule), and on a block that
     returns a tuple it adds to the hidden states and passes the rest on."""
+    hidden = torch.ones(1, 3, 4)
+    try:
+        output = AddToOutput(_TupleBlock(), torch.arange(4.0))(hidden)
+    except NotImplementedError:
+        raise
+    except Exception as err:  # e.g. TypeError: a tuple + a tensor
+        raise AssertionError(f"on a block that returns a tuple: {type(err).__name__}: {err}") from err
+    assert isinstance(output, tuple), f"a block that returns a tuple: a tuple back, not a {type(output).__name__}"
+    assert torch.equal(output[0], hidden * 2 + torch.arange(4.0)), "the addition goes to the tuple's first item"
+    assert output[1:] == ("extra",), f"the rest of the tuple passes on as it was, not {output[1:]}"
     for arch, model, name in _models():
         blocks, d_model = model.get_submodule(name), model.config.hidden_size
         ids = _ids(model)
@@ -169,16 +179,6 @@ def check_add_to_output(AddToOutput: type) -> None:
         assert getattr(wrapper, child, None) is blocks[0].get_submodule(child), (
             f"{arch}: wrapper.{child} is not the block's {child}: the wrapper must answer for the block"
         )
-    hidden = torch.ones(1, 3, 4)
-    try:
-        output = AddToOutput(_TupleBlock(), torch.arange(4.0))(hidden)
-    except NotImplementedError:
-        raise
-    except Exception as err:  # e.g. TypeError: a tuple + a tensor
-        raise AssertionError(f"on a block that returns a tuple: {type(err).__name__}: {err}") from err
-    assert isinstance(output, tuple), f"a block that returns a tuple: a tuple back, not a {type(output).__name__}"
-    assert torch.equal(output[0], hidden * 2 + torch.arange(4.0)), "the addition goes to the tuple's first item"
-    assert output[1:] == ("extra",), f"the rest of the tuple passes on as it was, not {output[1:]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,14 +506,22 @@ def check_first_changed_row(first_changed_row: Callable) -> None:
 # 09: steer only the generated tokens
 
 
+@functools.cache
+def _nnsight_lm():
+    """The tiny random Llama wrapped by nnsight, as notebook 09 wraps SmolLM2 (an edit lasts one run: reusable)."""
+    from steering_backends.nnsight_trace import nnsight_from_hf
+
+    return nnsight_from_hf(*load("tiny-llama-random"))
+
+
 @torch.no_grad()  # steering is inference here
 def check_steer_new_tokens(steer_new_tokens: Callable) -> None:
     """steer_new_tokens(lm, block, prompt, addition, n_new) generates greedily through nnsight with the addition
     at block's input from the first generated token on: the ids of the library's steer with start=T, which differ
     both from the unsteered ids and from those steered at every position (so the check can fail)."""
-    from steering_backends.nnsight_trace import nnsight_from_hf, steer
+    from steering_backends.nnsight_trace import steer
 
-    lm = nnsight_from_hf(*load("tiny-llama-random"))
+    lm = _nnsight_lm()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(2)
         addition = 4 * torch.randn(lm.config.hidden_size)  # large enough to change the tiny model's greedy tokens
