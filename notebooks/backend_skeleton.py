@@ -6,9 +6,9 @@
 
 Every notebook gets the same headings and cells in the same order; a cell is either shared
 text or one entry per backend. A few cells belong to one notebook: 02's colder table, 05's
-annahdo variant, and the ARENA-style exercises of 02 and 05 (stubs tagged ``exercise-stub``,
-checked by notebooks/exercises/checks.py). Edit here, not in the .ipynb files: a rewrite drops
-outputs, so re-run the notebooks afterwards.
+annahdo variant, and each notebook's ARENA-style exercises (stubs tagged ``exercise-stub``,
+checked by notebooks/exercises/checks.py; solutions in notebooks/solutions/). Edit here, not in
+the .ipynb files: a rewrite drops outputs, so re-run the notebooks afterwards.
 """
 
 from __future__ import annotations
@@ -1063,107 +1063,6 @@ def self_check_code(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # 8. Exercise
 
-EXERCISE = {
-    "custom_wrapper": """
-## 8. Exercise
-
-Write `AddToOutput`, a wrapper that adds to its block's *output* (`resid_post`) and handles a tuple or a tensor.
-Steering the output of block `warm.layer − 1` must give bitwise the logits of `AddToInput` at `warm.layer`.
-
-<details><summary>Solution</summary>
-
-```python
-class AddToOutput(Wrapper):
-    def __init__(self, block, addition):
-        super().__init__(block)
-        self.addition = addition
-
-    def forward(self, *args, **kwargs):
-        output = self.block(*args, **kwargs)
-        if isinstance(output, tuple):  # transformers 4's GPT2Block: (hidden, ...)
-            return (output[0] + self.addition, *output[1:])
-        return output + self.addition  # transformers 5: a tensor
-
-
-with swapped(warm.layer - 1, AddToOutput(blocks[warm.layer - 1], addition)):
-    assert torch.equal(model(prompt).logits, inline_logits)  # block L − 1's output is block L's input
-```
-</details>
-""",
-    "baukit_tracedict": """
-## 8. Exercise
-
-Reading a block's input needs only the blocks before it. `Trace(..., stop=True)` raises baukit's `StopForward`
-right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Read block
-`warm.layer`'s input that way, from the output of `feeding(warm.layer)`, and check that it equals `resid_pre`'s
-for the first warm sentence, `pairs[0][0]`.
-
-<details><summary>Solution</summary>
-
-```python
-def resid_pre_fast(text, layer):
-    with Trace(model, feeding(layer), stop=True) as trace:  # stops right after the module that feeds block `layer`
-        model(tokens(text))
-    output = trace.output if torch.is_tensor(trace.output) else trace.output[0]
-    return output[0, 1:]
-
-
-assert torch.equal(resid_pre_fast(pairs[0][0], warm.layer), resid_pre(pairs[0][0], warm.layer))
-```
-</details>
-""",
-    "transformer_lens_hooks": """
-## 8. Exercise
-
-Read the first warm sentence, `pairs[0][0]`, *without* BOS (`bridge.run_with_cache(text, prepend_bos=False)`),
-and compare each token's norm at block `warm.layer`'s input with what `resid_pre` gives. Which token changes
-most, and why would a vector averaged over these tokens change with it?
-
-<details><summary>Solution</summary>
-
-```python
-name = f"blocks.{warm.layer}.hook_resid_pre"
-_, cache = bridge.run_with_cache(pairs[0][0], names_filter=name, prepend_bos=False)
-without = cache[name][0].norm(dim=-1)  # every token: no BOS to leave out
-with_bos = resid_pre(pairs[0][0], warm.layer).norm(dim=-1)
-print([round(n) for n in without.tolist()])
-print([round(n) for n in with_bos.tolist()])
-```
-
-Without BOS the first word sits at position 0, where a trained model parks its attention sink: its activation is
-about 100× larger than the others and mostly about being first, not about the word. An average over the tokens
-would be dominated by it, and a warm − cold difference would depend on whether the two sentences start alike.
-</details>
-""",
-    "nnsight_trace": """
-## 8. Exercise
-
-Steer only the generated tokens: during `lm.generate`, leave step 0 (the prompt) alone and add `addition` at
-every later step. The library does the same with `start=prompt.shape[1]`, the position of the first generated
-token; check that both generate the same ids.
-
-<details><summary>Solution</summary>
-
-```python
-with lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY) as tracer:
-    for _ in tracer.iter[1:N_NEW]:  # steps 1, 2, ...: one new token each; step 0 ran the prompt
-        block.input = block.input + addition
-    late_inline = tracer.result.save()
-
-late = SteeringSpec(warm.layer, "resid_pre", warm.vector, warm.coeff, start=prompt.shape[1])
-with steer(lm, [late]):
-    late_library = lm.generate(prompt, attention_mask=torch.ones_like(prompt), **GREEDY)
-assert torch.equal(late_inline, late_library)
-print(tokenizer.decode(late_inline[0, prompt.shape[1] :]))
-```
-
-Step 0 runs the prompt, positions 0 … T − 1, and picks the first new token unsteered; step k runs only the
-token at position T + k − 1, which the library places by the attention mask over cache and new tokens, not by
-the one-token call's own `arange`. So the first new token is the unsteered one, and the steering starts after it.
-</details>
-""",
-}
-
 # ARENA-style exercises: a stub (cells tagged exercise-stub, which tests/test_exercises.py runs), a check cell
 # running notebooks/exercises/checks.py on it, a difficulty and a time. Solutions: notebooks/solutions/.
 CHECKS_IMPORT = "from exercises import checks  # beside the notebooks: each check builds its own small models\n\n"
@@ -1174,6 +1073,50 @@ EXERCISES_INTRO = (
     "what is wrong, on any model. Until a stub is written its check says so; the solutions are in "
     "`notebooks/solutions/{notebook}.py`, and CI runs every check on them and on these stubs."
 )
+STUB_OUTPUT_WRAPPER = '''
+import torch
+
+
+class AddToOutput(torch.nn.Module):
+    """Stands in for `block`: returns its output + addition [d_model] (the output is a tensor [batch, pos,
+    d_model], or a tuple whose first item is one), and answers every other attribute as the block would."""
+
+    def __init__(self, block: torch.nn.Module, addition: torch.Tensor) -> None:
+        super().__init__()
+        self.block = block
+        self.addition = addition
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("AddToOutput.forward")
+'''
+STUB_TOKEN_NORMS = '''
+import torch
+
+
+def token_norms(bridge, text: str, layer: int, prepend_bos: bool) -> torch.Tensor:
+    """The norm of block `layer`'s input (hook_resid_pre) at each token of `text`, read with run_with_cache:
+    [tokens]. With prepend_bos=True, BOS's row is left out, so both settings give one norm per token of text."""
+    raise NotImplementedError("token_norms")
+'''
+STUB_NEW_TOKENS = '''
+import torch
+
+
+def steer_new_tokens(lm, block, prompt: torch.Tensor, addition: torch.Tensor, n_new: int) -> torch.Tensor:
+    """Greedy lm.generate from prompt [1, T], exactly n_new new tokens, with addition [d_model] added to the
+    input of `block` (an envoy of lm) at every step but step 0, the prompt's: the ids, [1, T + n_new]."""
+    raise NotImplementedError("steer_new_tokens")
+'''
+STUB_RESID_PRE_FAST = '''
+import torch
+from baukit import Trace
+
+
+def resid_pre_fast(model: torch.nn.Module, blocks: str, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """Block `layer`'s input over ids [batch, pos] (layer >= 1; blocks: their dotted name, e.g. "model.layers"),
+    read with a Trace that stops the forward, so that no module after block `layer` runs: [batch, pos, d_model]."""
+    raise NotImplementedError("resid_pre_fast")
+'''
 STUB_BLOCKS = '''
 import contextlib
 
@@ -1243,6 +1186,69 @@ def add_to_attn_out(model: torch.nn.Module, layer: int, addition: torch.Tensor):
     yield
 '''
 ARENA = {
+    "custom_wrapper": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: a wrapper on the output
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Write `AddToOutput`, a wrapper that adds to its block's *output* (`resid_post`) and answers the block's
+attributes as section 2's `Wrapper` does. Its block may return a tensor (transformers 5) or a tuple
+`(hidden, ...)` (transformers 4's `GPT2Block`): add to the hidden states either way. Block L − 1's output is
+block L's input, so wrapping block L − 1 must give bitwise the logits of `AddToInput` at block L: here,
+`swapped(warm.layer - 1, AddToOutput(blocks[warm.layer - 1], addition))` gives `inline_logits`. The check tries
+every block of four tiny random layouts and a block that returns a tuple. Solution:
+`notebooks/solutions/01_custom_wrapper.py`; CI runs the check on it and on this stub.""",
+        ),
+        ("exercise-stub", "code", text(STUB_OUTPUT_WRAPPER)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_add_to_output, AddToOutput)"),
+    ],
+    "baukit_tracedict": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: stop the forward
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Reading a block's input needs only the blocks before it. `Trace(..., stop=True)` raises baukit's `StopForward`
+right after the traced module, and its `with` block swallows it, so the rest of the model never runs. Write
+`resid_pre_fast`, which reads block `layer`'s input that way. The check compares it with a pre-hook's record on
+four tiny random layouts and makes sure no later block, and not the unembedding, ran. Then check that
+`resid_pre_fast(model, BLOCKS, tokens(pairs[0][0]), warm.layer)[0, 1:]` equals
+`resid_pre(pairs[0][0], warm.layer)`. Solution: `notebooks/solutions/03_baukit_tracedict.py`; CI runs the check on
+it and on this stub.""",
+        ),
+        ("exercise-stub", "code", text(STUB_RESID_PRE_FAST)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_resid_pre_fast, resid_pre_fast)"),
+    ],
+    "transformer_lens_hooks": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: BOS and the first token
+
+*Difficulty: 1 of 3. About 10 minutes.*
+
+Write `token_norms`, which reads block `layer`'s input with `bridge.run_with_cache(text, ...,
+prepend_bos=prepend_bos)` and returns each token's norm, BOS's row left out when it is there. The check compares
+it with a hook on a tiny random GPT-2 bridge, with and without BOS. Then print
+`token_norms(bridge, pairs[0][0], warm.layer, False)` above `token_norms(bridge, pairs[0][0], warm.layer, True)`:
+which token changes most, and why would a vector averaged over these tokens change with it? Solution:
+`notebooks/solutions/04_transformer_lens.py`; CI runs the check on it and on this stub.
+
+<details><summary>Answer</summary>
+
+Without BOS the first word sits at position 0, where a trained model parks its attention sink: its activation is
+about 100× larger than the others and mostly about being first, not about the word. An average over the tokens
+would be dominated by it, and a warm − cold difference would depend on whether the two sentences start alike.
+</details>""",
+        ),
+        ("exercise-stub", "code", text(STUB_TOKEN_NORMS)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_token_norms, token_norms)"),
+    ],
     "pytorch_hooks": [
         ("exercises", "markdown", EXERCISES_INTRO.format(notebook="02_pytorch_hooks")),
         (
@@ -1339,6 +1345,30 @@ the body raised. Solution: `notebooks/solutions/05_bias_editing.py`; CI runs the
         ("exercise-stub", "code", text(STUB_ATTN_OUT)),
         ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_add_to_attn_out, add_to_attn_out)"),
     ],
+    "nnsight_trace": [
+        (
+            "exercise",
+            "markdown",
+            """## 8. Exercise: steer only the generated tokens
+
+*Difficulty: 2 of 3. About 15 minutes.*
+
+Write `steer_new_tokens`: during `lm.generate`, leave step 0 (the prompt) alone and add `addition` at `block`'s
+input at every later step (`tracer.iter` takes a slice of steps). The library does the same with
+`start=prompt.shape[1]`, the position of the first generated token; the check compares your ids with its ids on
+a tiny random Llama. Then try it here: `steer_new_tokens(lm, block, prompt, addition, N_NEW)`. Solution:
+`notebooks/solutions/09_nnsight.py`; CI runs the check on it and on this stub.
+
+<details><summary>Why the first new token is the unsteered one</summary>
+
+Step 0 runs the prompt, positions 0 … T − 1, and picks the first new token unsteered; step k runs only the
+token at position T + k − 1, which the library places by the attention mask over cache and new tokens, not by
+the one-token call's own `arange`. So the first new token is the unsteered one, and the steering starts after it.
+</details>""",
+        ),
+        ("exercise-stub", "code", text(STUB_NEW_TOKENS)),
+        ("exercise-check", "code", CHECKS_IMPORT + "checks.run(checks.check_steer_new_tokens, steer_new_tokens)"),
+    ],
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1375,7 +1405,7 @@ def cells(name: str) -> list[tuple[str, str, str | None]]:
         ("bad-spec", "code", BAD_CODE[name]),
         ("self-check-heading", "markdown", SELF_CHECK_MD),
         ("self-check", "code", self_check_code(name)),
-        *(ARENA[name] if name in ARENA else [("exercise", "markdown", text(EXERCISE[name]))]),
+        *ARENA[name],
     ]
 
 
