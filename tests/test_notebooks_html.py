@@ -155,6 +155,8 @@ def test_setup_opens_with_the_install_cell(path):
     assert cell.source == install_cell.source(path.name), f"stale; run: python notebooks/install_cell.py {path.name}"
     assert all(line.startswith("#") for line in cell.source.splitlines()) and not cell.outputs
     assert heading.cell_type == "markdown" and install_cell.SETUP_HEADING.match(heading.source)
+    copies = [i for i, other in enumerate(cells) if other.source == cell.source]
+    assert copies == at, f"{path.name} has the install cell more than once: cells {copies}"
 
 
 def test_every_notebook_is_checked():
