@@ -24,10 +24,12 @@ from steering_backends.prompts import hf_positions, left_pad_ids
 TINY = ["tiny-gpt2-random", "tiny-llama-random"]
 HF_HOOKS = ["custom_wrapper", "pytorch_hooks", "baukit_tracedict"]  # steer the HF model with hooks/wrappers
 HF_BACKENDS = [*HF_HOOKS, "bias_editing"]  # steer the HF model itself
+WEIGHTS = "weight_orthogonalisation"  # ablation only: edits the weights that write into the stream
 
 
 def params(names):
-    return [p for p in BACKEND_PARAMS if (p.values[0] if hasattr(p, "values") else p) in names]
+    every = [*BACKEND_PARAMS, WEIGHTS]
+    return [p for p in every if (p.values[0] if hasattr(p, "values") else p) in names]
 
 
 @pytest.fixture(scope="session", params=TINY)
@@ -50,8 +52,14 @@ def position_free() -> list[SteeringSpec]:
     return [SteeringSpec(1, "resid_pre", 4 * vec(1)), SteeringSpec(2, "attn_out", 4 * vec(2))]
 
 
+def ablations() -> list[SteeringSpec]:
+    """What weight orthogonalisation can express: whole ablations where one weight writes, the embeddings
+    (tied to lm_head on GPT-2) among them."""
+    return [SteeringSpec(0, "resid_pre", vec(15), op="ablate"), SteeringSpec(2, "attn_out", vec(16), op="ablate")]
+
+
 def specs_for(name: str) -> list[SteeringSpec]:
-    return position_free() if name == "bias_editing" else position_dependent()
+    return {"bias_editing": position_free, WEIGHTS: ablations}.get(name, position_dependent)()
 
 
 def batch(rows: list[int], width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +75,7 @@ def hf_logits(model, ids, mask, **kwargs) -> torch.Tensor:
 # --- threads -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", params(HF_BACKENDS))
+@pytest.mark.parametrize("name", params([*HF_BACKENDS, WEIGHTS]))
 def test_concurrent_calls_in_one_block_each_get_their_own_positions(model, name):
     """Two threads call one model inside one steer block, batches of 2 and 3 rows with different
     padding; each of their 12 outputs equals the single-thread reference bitwise, with no error.
@@ -193,6 +201,7 @@ def fresh_dynamo(monkeypatch):
 SCENARIOS = [
     *[pytest.param(name, "before the block", False, id=f"{name}-before") for name in HF_BACKENDS],
     *[pytest.param(name, "inside the block", False, id=f"{name}-inside") for name in HF_BACKENDS],
+    pytest.param(WEIGHTS, "before the block", False, id=f"{WEIGHTS}-before"),
     # The hooks' fix, shown on one hook backend (a wrapper or a bias needs no hook guards).
     pytest.param("pytorch_hooks", "before the block", True, id="pytorch_hooks-before-hook guards on"),
 ]
@@ -440,21 +449,47 @@ def test_output_hidden_states_show_what_the_docs_say(model, name):
     assert not torch.allclose(reference[2], unsteered[2], atol=1e-3)  # the check can fail
 
 
+def test_weight_orthogonalisation_hidden_states_show_the_ablated_stream(model):
+    """The weights themselves write the ablated stream, so every block's hidden_states entry is what hook
+    ablation at the same sites gives (within 1e-4 of the scale, the backend's parity tolerance), and entry 0
+    is the embeddings with u removed. (Under hooks, entry 0 is recorded before block 0's pre-hook on GPT-2
+    in transformers 4: the embeddings as they were.)"""
+    ids, mask = batch([6, 4], 6, seed=8)
+    unsteered = hidden_states(model, ids, mask)
+    with backend("pytorch_hooks").steer(model, ablations()):
+        reference = hidden_states(model, ids, mask)
+    with backend(WEIGHTS).steer(model, ablations()):
+        got = hidden_states(model, ids, mask)
+    scale = max(h.abs().max() for h in reference)
+    for i, (g, r) in enumerate(zip(got[1:], reference[1:], strict=True), start=1):
+        assert (g - r)[mask.bool()].abs().max() <= 1e-4 * scale, f"hidden_states[{i}]"
+    u = ablations()[0].vector / ablations()[0].vector.norm()
+    embeddings = unsteered[0] - (unsteered[0] @ u)[..., None] * u  # [B, T, d_model]
+    assert (got[0] - embeddings)[mask.bool()].abs().max() <= 1e-4 * scale
+    assert not torch.allclose(reference[1], unsteered[1], atol=1e-3)  # the check can fail
+
+
 # --- static cache --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", params(HF_BACKENDS))
+@pytest.mark.parametrize("name", params([*HF_BACKENDS, WEIGHTS]))
 def test_a_static_cache_decodes_the_tokens_of_the_dynamic_one(model, name):
     """generate(cache_implementation="static") hands the decoder a 4-D mask [B, 1, T, keys]; a left-
     padded batch with start > 0 and an [n, d_model] vector decodes the same 8 greedy tokens as with
-    the default dynamic cache, and they are steered."""
+    the default dynamic cache, and they are steered. (Weight orthogonalisation's two ablations leave the
+    tiny GPT-2's greedy tokens as they were, so for it the step scores show the steering.)"""
     ids, mask = batch([6, 3], 6, seed=9)
     kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    kwargs |= dict(output_logits=True, return_dict_in_generate=True)
     with backend(name).steer(model, specs_for(name)):
         dynamic = model.generate(ids, **kwargs)
         static = model.generate(ids, cache_implementation="static", **kwargs)
-    assert static.tolist() == dynamic.tolist()
-    assert model.generate(ids, cache_implementation="static", **kwargs).tolist() != static.tolist()
+    assert static.sequences.tolist() == dynamic.sequences.tolist()
+    unsteered = model.generate(ids, cache_implementation="static", **kwargs)
+    if name == WEIGHTS:
+        assert not torch.allclose(torch.stack(unsteered.logits), torch.stack(static.logits), atol=1e-3)
+    else:
+        assert unsteered.sequences.tolist() != static.sequences.tolist()
 
 
 def test_bias_editing_refuses_train_mode_with_dropout():
