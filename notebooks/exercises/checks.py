@@ -114,6 +114,23 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.state_dict().items()}
 
 
+def _logits_with_input_added(
+    model: torch.nn.Module, block: torch.nn.Module, addition: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """The reference: logits with ``addition`` added to ``block``'s hidden-states input by a pre-hook."""
+
+    def add(module, args, kwargs):
+        if args:
+            return (args[0] + addition, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + addition}
+
+    handle = block.register_forward_pre_hook(add, with_kwargs=True)
+    try:
+        return model(ids).logits
+    finally:
+        handle.remove()
+
+
 def _same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
     after = model.state_dict()
     return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
@@ -159,17 +176,7 @@ def check_add_to_output(AddToOutput: type) -> None:
                 steered = model(ids).logits
             finally:
                 blocks[layer - 1] = original
-
-            def reference(module, args, kwargs, addition=addition):
-                if args:
-                    return (args[0] + addition, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + addition}
-
-            handle = blocks[layer].register_forward_pre_hook(reference, with_kwargs=True)
-            try:
-                expected = model(ids).logits
-            finally:
-                handle.remove()
+            expected = _logits_with_input_added(model, blocks[layer], addition, ids)
             assert not torch.equal(steered, unsteered), f"{arch}, block {layer - 1}: the logits did not change"
             assert torch.equal(steered, expected), (
                 f"{arch}: block {layer - 1}'s output + addition is not block {layer}'s input + addition "
@@ -208,17 +215,7 @@ def check_add_to_block_input(add_to_block_input: Callable) -> None:
                 addition = torch.randn(d_model)
             with add_to_block_input(model, layer, addition):
                 steered = model(ids).logits
-
-            def reference(module, args, kwargs, addition=addition):
-                if args:
-                    return (args[0] + addition, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + addition}
-
-            handle = blocks[layer].register_forward_pre_hook(reference, with_kwargs=True)
-            try:
-                expected = model(ids).logits
-            finally:
-                handle.remove()
+            expected = _logits_with_input_added(model, blocks[layer], addition, ids)
             assert not torch.equal(steered, unsteered), f"{arch}, layer {layer}: the logits did not change"
             assert torch.equal(steered, expected), (
                 f"{arch}, layer {layer}: not the logits of block {layer}'s input + addition "
