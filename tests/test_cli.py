@@ -2,9 +2,10 @@
 
 Every user error is one line on stderr naming the option and what is allowed, exit status 2;
 the main job runs end to end on tiny models in bfloat16 on the CPU. The option errors are
-checked through main() in this process (each subprocess spends seconds importing torch);
-one of them, and everything that depends on the process (environment, import path,
---debug's traceback, the main job), runs as a subprocess.
+checked through main() in this process (each subprocess spends seconds importing torch), as
+are the main job's runs on saved folders and tiny models; one option error, and everything that
+depends on the process (environment, import path, --debug's traceback, the main job end to end
+in bfloat16), runs as a subprocess.
 """
 
 from __future__ import annotations
@@ -190,27 +191,27 @@ def test_main_job_end_to_end_in_bfloat16_on_cpu():
     assert diffs[ran.index("pytorch_hooks")] == "0"
 
 
-def test_any_saved_folder_runs_and_a_type_without_defaults_takes_the_middle_block(tmp_path):
+def test_any_saved_folder_runs_and_a_type_without_defaults_takes_the_middle_block(tmp_path, capsys):
     for name in ("tiny-llama-random", "tiny-qwen2-random"):
         random_model(name).save_pretrained(tmp_path / name)
         gpt2_tokenizer().save_pretrained(tmp_path / name)
     common = ["--device", "cpu", "--dtype", "bfloat16", "--max-new-tokens", "2", "--backend", "custom_wrapper"]
 
-    llama = run_cli("--model", str(tmp_path / "tiny-llama-random"), "--layer", "-1", *common)
+    llama = run_main(capsys, "--model", str(tmp_path / "tiny-llama-random"), "--layer", "-1", *common)
     assert llama.returncode == 0, llama.stderr
     assert "block -1 resid_pre, coeff 1:" in llama.stdout  # --layer given: a contrast vector, llama coeff 1
     assert set(backend_rows(llama.stdout)) == {"custom_wrapper", "pytorch_hooks"}  # --backend, plus the reference
 
-    qwen2 = run_cli("--model", str(tmp_path / "tiny-qwen2-random"), *common)  # no --layer: 4 blocks -> 2
+    qwen2 = run_main(capsys, "--model", str(tmp_path / "tiny-qwen2-random"), *common)  # no --layer: 4 blocks -> 2
     assert qwen2.returncode == 0, qwen2.stderr
     assert "warmer: Love - Hate, block 2 resid_pre, coeff +1 (" in qwen2.stdout  # no measured setting for qwen2
     assert "colder: Love - Hate, block 2 resid_pre, coeff -1 (" in qwen2.stdout
     assert "(bfloat16 on cpu)" in qwen2.stdout
 
 
-def test_full_parity_shows_its_progress_on_stderr():
+def test_full_parity_shows_its_progress_on_stderr(capsys):
     args = ["--model", "tiny-mistral-random", "--dtype", "bfloat16", "--max-new-tokens", "2", "--full-parity"]
-    result = run_cli(*args, "--backend", "bias_editing")
+    result = run_main(capsys, *args, "--backend", "bias_editing")
     assert result.returncode == 0, result.stderr
     assert "14 parity cases: bias_editing" in result.stderr and "14 parity cases: pytorch_hooks" in result.stderr
     assert set(backend_rows(result.stdout)) == {"pytorch_hooks", "bias_editing"}
@@ -281,8 +282,8 @@ def test_compare_defaults_to_the_measured_setting_and_the_contrast_vector_is_one
     assert (contrast.sign, contrast.plus, contrast.minus, contrast.layer, contrast.coeff) == (0, "Love", "Hate", 9, 5.0)
 
 
-def test_a_tiny_model_runs_with_no_options():
-    result = run_cli("--model", "tiny-llama-random")
+def test_a_tiny_model_runs_with_no_options(capsys):
+    result = run_main(capsys, "--model", "tiny-llama-random")
     assert result.returncode == 0, result.stderr
     assert "warmer: Love - Hate, block 2 resid_pre, coeff +1" in result.stdout  # 4 blocks: the middle one
     assert result.stdout.count("mean sentiment (VADER)") == 2  # warmer and colder, sampled

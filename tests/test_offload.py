@@ -44,7 +44,7 @@ from steering_backends.parity import (
 )
 
 PROMPTS = ["I hate you because you are so", "Love is the answer, and", "The weather today"]
-N_NEW = 8
+N_NEW = 3  # greedy tokens: the prefill's, then two steps from the KV cache
 
 
 def split_map(model: torch.nn.Module, disk_blocks: set[int], rest: str = "cpu") -> dict[str, str]:
