@@ -308,12 +308,12 @@ class _Call:
     positions and the float mask are computed on first use, once per call.
     """
 
-    __slots__ = ("_inputs", "_positions", "_real_as", "row_masks")
+    __slots__ = ("_inputs", "_positions", "_real", "row_masks")
 
     def __init__(self, inputs: tuple, row_masks: dict[int, torch.Tensor]) -> None:
         self._inputs = inputs  # token_positions' arguments
         self._positions: torch.Tensor | None = None
-        self._real_as: dict[torch.device, torch.Tensor] = {}
+        self._real: torch.Tensor | None = None  # real_as's mask, where the last site that asked runs
         self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
 
     @property
@@ -339,11 +339,13 @@ class _Call:
         n_new, _, mask = self._inputs[:3]
         if mask is None:
             return None
-        if hidden.device not in self._real_as:
-            new = (self.positions >= 0 if mask.ndim == 4 else mask[:, -n_new:]).unsqueeze(-1)
-            new = new.to(hidden.dtype) if new.dtype == torch.bool else new  # addcmul takes no bool
-            self._real_as[hidden.device] = new.to(hidden.device)
-        return self._real_as[hidden.device]
+        real = self._real
+        if real is None:
+            real = (self.positions >= 0)[..., None] if mask.ndim == 4 else mask[:, -n_new:, None]
+            real = self._real = real.to(hidden.dtype) if real.dtype == torch.bool else real  # addcmul takes no bool
+        if real.device != hidden.device:  # a block on another device than the last site's
+            real = self._real = real.to(hidden.device)
+        return real
 
 
 class SteeringPlan:
@@ -401,6 +403,13 @@ class SteeringPlan:
         self.specs = specs
         self._needs_length_check = any(spec.per_position for spec in specs)
         self._row_specs = [(i, spec) for i, spec in enumerate(applied) if spec.rows is not None]
+        # Additions of one [d_model] vector from position 0 to every row: what they need of a call is
+        # which tokens are real, not their positions.
+        self._at_every_token = {
+            id(spec)
+            for spec in applied
+            if spec.op == "add" and not spec.per_position and spec.start == 0 and spec.rows is None
+        }
         # coeff * vector (ablate, cap: the unit direction) per (spec, dtype, device), made on first
         # use: once per steer block, not once per forward (the same for every call, so shared). A
         # vector that requires grad is scaled afresh each time, so each forward has its own graph to it.
@@ -528,16 +537,17 @@ class SteeringPlan:
         if spec.vector.requires_grad or torch.compiler.is_compiling():
             return spec.operand(hidden.dtype, hidden.device)
         key = (id(spec), hidden.dtype, hidden.device)  # plan.specs keeps every spec, so ids stay unique
-        if key not in self._additions:
-            self._additions[key] = spec.operand(hidden.dtype, hidden.device)
-        return self._additions[key]
+        operand = self._additions.get(key)
+        if operand is None:
+            operand = self._additions[key] = spec.operand(hidden.dtype, hidden.device)
+        return operand
 
     def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] with every spec at (layer, site) applied, in the order given."""
         call = self._call()
         for spec in self.by_site.get((layer, site), ()):
             addition = self._operand(spec, hidden)
-            if spec.op != "add" or spec.per_position or spec.start > 0 or spec.rows is not None:
+            if id(spec) not in self._at_every_token:
                 rows = call.row_masks.get(id(spec))
                 hidden = spec.apply(hidden, call.positions, addition, None if rows is None else rows.to(hidden.device))
             elif (real := call.real_as(hidden)) is None:  # no mask: every token is real
