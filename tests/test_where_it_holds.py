@@ -305,11 +305,11 @@ UNWRAPPED_SCENARIOS = [
     ],
     # The fix: both ways on pytorch_hooks, the forward recipe on baukit (what makes it hold is dynamo's guards).
     *[pytest.param("pytorch_hooks", how, True, id=f"pytorch_hooks-{how}-hook guards on") for how in UNWRAPPED_COMPILES],
-    *[
-        pytest.param("baukit_tracedict", FORWARD_RECIPE, True, id=f"baukit_tracedict-{FORWARD_RECIPE}-hook guards on")
-        for name in ["baukit_tracedict"]
-        if name in COMPILED
-    ],
+    *(
+        [pytest.param("baukit_tracedict", FORWARD_RECIPE, True, id=f"baukit_tracedict-{FORWARD_RECIPE}-hook guards on")]
+        if "baukit_tracedict" in COMPILED
+        else []
+    ),
 ]
 
 
