@@ -180,6 +180,15 @@ def tokens(text: str) -> torch.Tensor:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     first = tokenizer.eos_token_id if tokenizer.bos_token_id is None else tokenizer.bos_token_id
     return torch.tensor([[first, *ids]], device=device)
+
+
+def batch(texts: list[str]) -> tuple[torch.Tensor, list[int]]:
+    """[B, T] ids, row i tokens(texts[i]) then padding on the right, and each row's length. Right padding
+    leaves every real token at the position it has alone, and a causal model's token never sees the ones
+    after it: each row's real tokens read as they would alone, up to float rounding, with no mask needed."""
+    rows = [tokens(text)[0] for text in texts]
+    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.eos_token_id)
+    return ids, [len(row) for row in rows]
 '''
 MODEL_STATE = '''
 def model_state(net: torch.nn.Module) -> list:
@@ -296,6 +305,11 @@ READING_INTRO = (
     "fraction of a typical token, which corrects for the stream's growth with depth (whether it evens out effects "
     "across blocks: notebook 07, where on this model it did not). Block 21 and 0.25 are the measured warmer "
     "setting for SmolLM2: the sweep's choice, judged on held-out prompts (glossary: notebook 00).\n\n"
+    "The sentences are read a list at a time, one forward for all 64 warm ones: `batch` (section 1) pads them on "
+    "the right, so each row's tokens keep the positions they have alone, and each row is cut back to its own "
+    "length. On a CPU a forward of this small model spends most of its time reading the weights, whatever the "
+    "batch: on 2 cores the 64 warm sentences take about 14 s one at a time and 2 s as one batch. "
+    "(Left padding, which `generate` needs, would shift the positions and need an attention mask.)\n\n"
 )
 READING_MD = {
     "custom_wrapper": "A wrapper reads it: a module that stands in for the block, keeps what it was called with, "
@@ -306,7 +320,7 @@ READING_MD = {
     "baukit_tracedict": "`Trace` reads it: `retain_input=True` keeps the input of the named module, "
     "`retain_output=True` (the default) its output.",
     "transformer_lens_hooks": "`run_with_cache` reads it: one forward that returns the logits and a cache keyed by "
-    "hook name. Given a string, TransformerLens tokenizes it and prepends BOS itself.",
+    "hook name. Given ids it runs them as they are; given a string, it would tokenize it and prepend BOS itself.",
     "bias_editing": "Bias editing has no way to read activations, so read them with HF's own "
     "`output_hidden_states=True`: `n_layers + 1` tensors `[batch, pos, d_model]`, where `hidden_states[L]` is "
     "block L's input and `hidden_states[L + 1]` its output.",
@@ -349,15 +363,17 @@ def swapped(layer: int, wrapper: Wrapper):
         blocks[layer] = original
 
 
-def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
+def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
+    """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
+    ids, lengths = batch(texts)
     with swapped(layer, KeepInput(blocks[layer])) as keep:
-        model(tokens(text))
-    return keep.kept[0, 1:]
+        model(ids)
+    return [row[1:n] for row, n in zip(keep.kept, lengths)]  # keep.kept: [batch, pos, d_model]
 ''',
     "pytorch_hooks": '''
-def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
+def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
+    """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
+    ids, lengths = batch(texts)
     cache = {}
 
     def keep_input(module, args, kwargs):  # runs before the block; the hidden states come first
@@ -365,42 +381,46 @@ def resid_pre(text: str, layer: int) -> torch.Tensor:
 
     handle = blocks[layer].register_forward_pre_hook(keep_input, with_kwargs=True)
     try:
-        model(tokens(text))
+        model(ids)
     finally:
         handle.remove()  # hooks are global state: always remove them
-    return cache["resid_pre"][0, 1:]
+    return [row[1:n] for row, n in zip(cache["resid_pre"], lengths)]
 ''',
     "baukit_tracedict": '''
 BLOCKS = "model.layers" if hasattr(model, "model") else "transformer.h"  # as named_modules() spells them
 
 
-def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
+def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
+    """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
+    ids, lengths = batch(texts)
     with Trace(model, f"{BLOCKS}.{layer}", retain_input=True, retain_output=False) as trace:
-        model(tokens(text))
+        model(ids)
     # .input is the block's positional argument, or a tuple of them (GPT-2 blocks get four)
     hidden = trace.input if torch.is_tensor(trace.input) else trace.input[0]  # [batch, pos, d_model]
-    return hidden[0, 1:]
+    return [row[1:n] for row, n in zip(hidden, lengths)]
 ''',
     "transformer_lens_hooks": '''
-def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
+def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
+    """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
+    ids, lengths = batch(texts)
     name = f"blocks.{layer}.hook_resid_pre"
-    _, cache = bridge.run_with_cache(text, names_filter=name)  # a string: TransformerLens prepends BOS
-    return cache[name][0, 1:]  # cache[name]: [batch, pos, d_model]
+    _, cache = bridge.run_with_cache(ids, names_filter=name)  # ids: BOS is already there
+    return [row[1:n] for row, n in zip(cache[name], lengths)]  # cache[name]: [batch, pos, d_model]
 ''',
     "bias_editing": '''
-def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
-    hidden_states = model(tokens(text), output_hidden_states=True).hidden_states  # n_layers + 1 x [batch, pos, d]
-    return hidden_states[layer][0, 1:]  # [layer]: block layer's input; [layer + 1]: its output
+def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
+    """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
+    ids, lengths = batch(texts)
+    hidden_states = model(ids, output_hidden_states=True).hidden_states  # n_layers + 1 x [batch, pos, d_model]
+    return [row[1:n] for row, n in zip(hidden_states[layer], lengths)]  # [layer]: block layer's input
 ''',
     "nnsight_trace": '''
-def resid_pre(text: str, layer: int) -> torch.Tensor:
-    """Block `layer`'s input at each token of BOS + text, BOS left out: [tokens, d_model]."""
-    with lm.trace(tokens(text)):
+def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
+    """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
+    ids, lengths = batch(texts)
+    with lm.trace(ids):
         hidden = lm_blocks[layer].input.save()  # the hidden states the block is called with: [batch, pos, d_model]
-    return hidden[0, 1:]
+    return [row[1:n] for row, n in zip(hidden, lengths)]
 ''',
 }
 READ_VECTOR = """
@@ -415,9 +435,10 @@ with open(os.path.join(DATA, "reference.txt")) as f:
 
 def mean_difference_spec(layer: int, relative: float) -> SteeringSpec:
     \"\"\"Mean over pairs of warm − cold (each averaged over its tokens), unit length; coeff: relative × norm.\"\"\"
-    diffs = torch.stack([resid_pre(warm, layer).mean(0) - resid_pre(cold, layer).mean(0) for warm, cold in pairs])
+    warm_rows, cold_rows = resid_pre([w for w, _ in pairs], layer), resid_pre([c for _, c in pairs], layer)
+    diffs = torch.stack([w.mean(0) - c.mean(0) for w, c in zip(warm_rows, cold_rows, strict=True)])  # [pairs, d]
     direction = diffs.mean(0) / diffs.mean(0).norm()  # [d_model]
-    typical = torch.cat([resid_pre(text, layer) for text in reference]).norm(dim=-1).median()  # over all tokens
+    typical = torch.cat(resid_pre(reference, layer)).norm(dim=-1).median()  # over all tokens
     return SteeringSpec(layer, "resid_pre", direction, relative * typical.item())
 
 
@@ -1029,7 +1050,7 @@ def self_check_code(name: str) -> str:
             "# block 0, where the inline code edits the embedding's output instead of a block's",
             "from steering_backends.vectors import activations",
             "",
-            "assert torch.equal(resid_pre(pairs[0][0], 0), activations(model, tokens(pairs[0][0]), 0)[0, 1:])",
+            "assert torch.equal(resid_pre([pairs[0][0]], 0)[0], activations(model, tokens(pairs[0][0]), 0)[0, 1:])",
             "with add_to_input(0, addition):",
             "    inline_0 = model(prompt).logits",
             'with steer(model, [SteeringSpec(0, "resid_pre", warm.vector, warm.coeff)]):',
@@ -1218,7 +1239,7 @@ right after the traced module, and its `with` block swallows it, so the rest of 
 `resid_pre_fast`, which reads block `layer`'s input that way. The check compares it with a pre-hook's record on
 four tiny random layouts and makes sure no later block, and not the unembedding, ran. Then check that
 `resid_pre_fast(model, BLOCKS, tokens(pairs[0][0]), warm.layer)[0, 1:]` equals
-`resid_pre(pairs[0][0], warm.layer)`. Solution: `notebooks/solutions/03_baukit_tracedict.py`; CI runs the check on
+`resid_pre([pairs[0][0]], warm.layer)[0]`. Solution: `notebooks/solutions/03_baukit_tracedict.py`; CI runs the check on
 it and on this stub.""",
         ),
         ("exercise-stub", "code", text(STUB_RESID_PRE_FAST)),
