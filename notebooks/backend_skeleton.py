@@ -368,7 +368,7 @@ def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
     ids, lengths = batch(texts)
     with swapped(layer, KeepInput(blocks[layer])) as keep:
         model(ids)
-    return [row[1:n] for row, n in zip(keep.kept, lengths)]  # keep.kept: [batch, pos, d_model]
+    return [row[1:n] for row, n in zip(keep.kept, lengths, strict=True)]  # kept: [batch, pos, d_model]
 ''',
     "pytorch_hooks": '''
 def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
@@ -384,7 +384,7 @@ def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
         model(ids)
     finally:
         handle.remove()  # hooks are global state: always remove them
-    return [row[1:n] for row, n in zip(cache["resid_pre"], lengths)]
+    return [row[1:n] for row, n in zip(cache["resid_pre"], lengths, strict=True)]
 ''',
     "baukit_tracedict": '''
 BLOCKS = "model.layers" if hasattr(model, "model") else "transformer.h"  # as named_modules() spells them
@@ -397,7 +397,7 @@ def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
         model(ids)
     # .input is the block's positional argument, or a tuple of them (GPT-2 blocks get four)
     hidden = trace.input if torch.is_tensor(trace.input) else trace.input[0]  # [batch, pos, d_model]
-    return [row[1:n] for row, n in zip(hidden, lengths)]
+    return [row[1:n] for row, n in zip(hidden, lengths, strict=True)]
 ''',
     "transformer_lens_hooks": '''
 def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
@@ -405,14 +405,14 @@ def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
     ids, lengths = batch(texts)
     name = f"blocks.{layer}.hook_resid_pre"
     _, cache = bridge.run_with_cache(ids, names_filter=name)  # ids: BOS is already there
-    return [row[1:n] for row, n in zip(cache[name], lengths)]  # cache[name]: [batch, pos, d_model]
+    return [row[1:n] for row, n in zip(cache[name], lengths, strict=True)]  # [batch, pos, d_model]
 ''',
     "bias_editing": '''
 def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
     """Block `layer`'s input for each text, one forward for all: [tokens, d_model] each, BOS left out."""
     ids, lengths = batch(texts)
     hidden_states = model(ids, output_hidden_states=True).hidden_states  # n_layers + 1 x [batch, pos, d_model]
-    return [row[1:n] for row, n in zip(hidden_states[layer], lengths)]  # [layer]: block layer's input
+    return [row[1:n] for row, n in zip(hidden_states[layer], lengths, strict=True)]  # [layer]: block layer's input
 ''',
     "nnsight_trace": '''
 def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
@@ -420,7 +420,7 @@ def resid_pre(texts: list[str], layer: int) -> list[torch.Tensor]:
     ids, lengths = batch(texts)
     with lm.trace(ids):
         hidden = lm_blocks[layer].input.save()  # the hidden states the block is called with: [batch, pos, d_model]
-    return [row[1:n] for row, n in zip(hidden, lengths)]
+    return [row[1:n] for row, n in zip(hidden, lengths, strict=True)]
 ''',
 }
 READ_VECTOR = """
