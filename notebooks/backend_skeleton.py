@@ -183,9 +183,10 @@ def tokens(text: str) -> torch.Tensor:
 
 
 def batch(texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-    """[B, T] ids, row i tokens(texts[i]) then padding on the right, and each row's length. Right padding
-    leaves every real token at the position it has alone, and a causal model's token never sees the ones
-    after it: each row's real tokens read as they would alone, up to float rounding, with no mask needed."""
+    """[B, T] ids, row i tokens(texts[i]) then padding on the right, and each row's length (BOS included).
+    Called with no mask and no position_ids, every row gets positions 0...T-1, so its real tokens sit where
+    they would alone, and causal attention hides the padding after them: they read as alone, up to float
+    rounding."""
     rows = [tokens(text)[0] for text in texts]
     ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.eos_token_id)
     return ids, [len(row) for row in rows]
@@ -300,7 +301,8 @@ READING_INTRO = (
     "The vector is a mean difference: block L's input (`resid_pre`) for each of 64 warm sentences minus the same "
     "for its cold twin (`steering_backends/data/contrast_pairs.jsonl`), each sentence averaged over its tokens, "
     "then averaged over the pairs and scaled to length 1. Each sentence is read after BOS, which is left out of the "
-    "average: trained models park an *attention sink* about 100× larger than the other tokens on position 0. The "
+    "average: trained models make position 0 an *attention sink*, and its hidden state is about 100× the norm of "
+    "the other tokens' (SmolLM2, block 21). The "
     "coefficient is relative: 0.25 × the median token norm at that block (over 16 neutral reference sentences), a "
     "fraction of a typical token, which corrects for the stream's growth with depth (whether it evens out effects "
     "across blocks: notebook 07, where on this model it did not). Block 21 and 0.25 are the measured warmer "
@@ -309,7 +311,9 @@ READING_INTRO = (
     "the right, so each row's tokens keep the positions they have alone, and each row is cut back to its own "
     "length. On a CPU a forward of this small model spends most of its time reading the weights, whatever the "
     "batch: on 2 cores the 64 warm sentences take about 14 s one at a time and 2 s as one batch. "
-    "(Left padding, which `generate` needs, would shift the positions and need an attention mask.)\n\n"
+    "`row[1:n]` keeps the text's tokens: BOS at index 0 and the padding from index `n` on are dropped (`n` counts "
+    "BOS). (Left padding, which batched `generate` needs, would need an attention mask and position ids counted "
+    "from it, as `steering_backends.prompts.hf_positions` makes them.)\n\n"
 )
 READING_MD = {
     "custom_wrapper": "A wrapper reads it: a module that stands in for the block, keeps what it was called with, "
