@@ -305,29 +305,37 @@ class _Call:
     """What one decoder call needs at its sites: token positions, real-token mask, row masks.
 
     Made at the decoder's input and owned by that call alone (see SteeringPlan.record_call);
-    positions and the float mask are computed on first use, once per call.
+    positions and the real-token mask are computed on first use, once per call.
     """
 
-    __slots__ = ("_inputs", "_positions", "_real", "row_masks")
+    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "row_masks", "_positions", "_real")
 
-    def __init__(self, inputs: tuple, row_masks: dict[int, torch.Tensor]) -> None:
-        self._inputs = inputs  # token_positions' arguments
+    def __init__(
+        self,
+        n_new: int,
+        batch: int,
+        mask: torch.Tensor | None,
+        n_past: int,
+        device: torch.device,
+        row_masks: dict[int, torch.Tensor],
+    ) -> None:
+        self.n_new, self.batch, self.mask, self.n_past, self.device = n_new, batch, mask, n_past, device
+        self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
         self._positions: torch.Tensor | None = None
         self._real: torch.Tensor | None = None  # real_as's mask, where the last site that asked runs
-        self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
 
     @property
     def positions(self) -> torch.Tensor:
         """[B, T] position of each token of the call (padding: -1)."""
         if self._positions is None:
-            mask = self._inputs[2]
+            mask = self.mask
             if mask is not None and mask.ndim == 4:
                 # A static cache's mask says which keys each token attends (bool True, or 0.0 in a float
                 # mask): with left padding that is every real token up to and including itself.
                 attended = (mask if mask.dtype == torch.bool else mask == 0)[:, 0].sum(-1)  # [B, T]
                 self._positions = attended - 1  # a left-padding token attends nothing: -1
             else:
-                self._positions = token_positions(*self._inputs)
+                self._positions = token_positions(self.n_new, self.batch, mask, self.n_past, self.device)
         return self._positions
 
     def real_as(self, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -336,12 +344,15 @@ class _Call:
 
         No host sync to ask whether all are real: that would stall an accelerator and break a
         torch.compile graph at every call."""
-        n_new, _, mask = self._inputs[:3]
-        if mask is None:
-            return None
         real = self._real
         if real is None:
-            real = (self.positions >= 0)[..., None] if mask.ndim == 4 else mask[:, -n_new:, None]
+            mask = self.mask
+            if mask is None:
+                return None
+            if mask.ndim == 4:
+                real = (self.positions >= 0)[..., None]
+            else:  # the mask covers the cache too: its last n_new columns (a view; all of it in a prefill)
+                real = mask.unsqueeze(-1) if mask.shape[1] == self.n_new else mask[:, -self.n_new :, None]
             real = self._real = real.to(hidden.dtype) if real.dtype == torch.bool else real  # addcmul takes no bool
         if real.device != hidden.device:  # a block on another device than the last site's
             real = self._real = real.to(hidden.device)
@@ -435,7 +446,7 @@ class SteeringPlan:
                 row_masks[id(spec)] = spec.row_mask(batch, device)
             except ValueError as err:
                 raise ValueError(f"specs[{i}]: {err}") from None
-        return _Call((n_new, batch, mask, n_past, device), row_masks)
+        return _Call(n_new, batch, mask, n_past, device, row_masks)
 
     def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Read a decoder call and make it the one in force in this context until the next
