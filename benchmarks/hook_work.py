@@ -1,20 +1,22 @@
 """The work steering adds to one forward pass: our interception code against the peers'.
 
     python -m benchmarks.hook_work                       # SmolLM2, needs steering-vectors and repeng
-    python -m benchmarks.hook_work --model tiny-llama-random --calls 200 --rounds 5
+    python -m benchmarks.hook_work --model tiny-llama-random --blocks 1 2 --calls 200 --rounds 5
 
 On a CPU a token costs tens of milliseconds and this work is invisible; on a GPU a small
 model's token costs a few milliseconds and the Python run per forward is what is left. To see
 it alone, the model is run once to record what its decoder and the steered block receive and
 return; then both modules' own ``forward`` is replaced by a replay of that result, and each
 implementation's hooks or wrappers are timed around the replay: decoder call + block call, steered
-minus bare (the same two calls with nothing attached). The block is called from inside the
+minus bare (the same calls with nothing attached). The blocks are called from inside the
 decoder's replayed call, as in a real forward, so per-call state set at the decoder's input is
-in force there. Steering adds ``coeff * v`` to the output
-of one block (our ``resid_post``; steering-vectors' and repeng's "decoder block"), at every real
-token. Shapes: a 16-token prompt (prefill) and one decoding step after it, batch 1 and 8; in
-the batch of 8, seven rows are left-padded by 3 tokens (ours skip the padding there, the peers
-add to it too: they do a little less work for a different result).
+in force there. Steering adds ``coeff * v`` to the output of one block, and of eight
+consecutive blocks as a control vector does (our ``resid_post``; steering-vectors' and repeng's
+"decoder block"), at every real token. What is paid once per decoder call shows in the first;
+what is paid at every steered block, in the difference. Shapes: a 16-token prompt (prefill) and
+one decoding step after it, batch 1 and 8; in the batch of 8, seven rows are left-padded by 3
+tokens (ours skip the padding there, the peers add to it too: they do a little less work for a
+different result).
 
 Writes benchmarks/results/hook_work.md. Peers that are not installed are left out, with a note.
 """
@@ -41,10 +43,10 @@ OUT = Path(__file__).resolve().parent / "results"
 OURS = ("pytorch_hooks", "custom_wrapper", "baukit_tracedict")
 
 
-def record_calls(model, ids: torch.Tensor, mask: torch.Tensor, decoder_name: str, block_name: str, cache=None):
-    """{name: (args, kwargs, output)} for the decoder and the block in one forward."""
+def record_calls(model, ids: torch.Tensor, mask: torch.Tensor, names: list[str], cache=None):
+    """{name: (args, kwargs, output)} for the decoder and the blocks ``names`` in one forward."""
     seen, handles = {}, []
-    for name in (decoder_name, block_name):
+    for name in names:
         module = get_module(model, name)
 
         def pre(m, args, kwargs, name=name):
@@ -71,14 +73,16 @@ def record_calls(model, ids: torch.Tensor, mask: torch.Tensor, decoder_name: str
 
 
 @contextlib.contextmanager
-def replayed(module: torch.nn.Module, output, inner=None):
+def replayed(module: torch.nn.Module, output, inner=()):
     """``module`` returns ``output`` without computing anything (instance attribute over forward);
-    ``inner``: (callable, args, kwargs) it calls first, as a decoder calls its blocks."""
-    if inner is None:
-        module.forward = lambda *args, **kwargs: output
-    else:
-        call, inner_args, inner_kwargs = inner
-        module.forward = lambda *args, **kwargs: (call(*inner_args, **inner_kwargs), output)[1]
+    ``inner``: (callable, args, kwargs) triples it calls first, in order, as a decoder calls its blocks."""
+
+    def forward(*args, **kwargs):
+        for call, inner_args, inner_kwargs in inner:
+            call(*inner_args, **inner_kwargs)
+        return output
+
+    module.forward = forward
     try:
         yield
     finally:
@@ -99,7 +103,8 @@ def time_calls(model, decoder_name: str, call, n: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--calls", type=int, default=2000, help="decoder + block calls per timing")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1, 8], help="how many consecutive blocks to steer")
+    parser.add_argument("--calls", type=int, default=2000, help="decoder calls per timing")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median is reported")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -108,17 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     model = random_model(args.model) if args.model in RANDOM_CONFIGS else load(args.model)[0]
     layout = layout_of(model)
     n_layers, d_model = dims(model)
-    layer = n_layers // 3
-    decoder_name, block_name = layout.decoder, site_module_name(layout, layer, "resid_post")
-    vector = torch.randn(d_model)
-    spec = [SteeringSpec(layer=layer, site="resid_post", vector=vector, coeff=4.0)]
-
-    contenders = {name: (lambda m, name=name: backend(name).steer(m, spec)) for name in OURS}
+    first = n_layers // 3
+    if first + max(args.blocks) > n_layers:
+        raise ValueError(f"--blocks {max(args.blocks)} from block {first} needs more than this model's {n_layers}")
+    decoder_name = layout.decoder
+    block_names = [site_module_name(layout, layer, "resid_post") for layer in range(first, first + max(args.blocks))]
+    vectors = torch.randn(len(block_names), d_model)
     missing = [peer for peer in PEERS if peer not in installed_peers()]
-    for peer in installed_peers():
-        contenders[peer] = lambda m, peer=peer: peer_steer(peer, m, spec)
     if importlib.util.find_spec("baukit") is None:
-        del contenders["baukit_tracedict"]
         missing.append("baukit_tracedict")
 
     rows = []
@@ -126,69 +128,73 @@ def main(argv: list[str] | None = None) -> None:
         ids = torch.randint(100, 1000, (batch, 16))
         mask = torch.ones_like(ids)
         mask[1:, :3] = 0  # rows after the first are left-padded by 3
-        prefill, cache = record_calls(model, ids, mask, decoder_name, block_name)
+        prefill, cache = record_calls(model, ids, mask, [decoder_name, *block_names])
         step_ids = torch.randint(100, 1000, (batch, 1))
-        step, _ = record_calls(
-            model,
-            step_ids,
-            torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], 1),
-            decoder_name,
-            block_name,
-            cache,
-        )
-        for phase, recorded in (("prefill, 16 tokens", prefill), ("decoding step", step)):
-            per_contender = {name: [] for name in contenders}
-            with contextlib.ExitStack() as stack:
-                block_args, block_kwargs, block_output = recorded[block_name]
-                stack.enter_context(replayed(get_module(model, block_name), block_output))
-                # Looked up at each call: a wrapper backend puts its own module at block_name.
-                inner = (lambda *a, **k: model.get_submodule(block_name)(*a, **k), block_args, block_kwargs)
-                stack.enter_context(replayed(get_module(model, decoder_name), recorded[decoder_name][2], inner))
-                call = recorded[decoder_name]
-                for _ in range(args.rounds):  # interleaved: bare, then each contender, every round
-                    bare = time_calls(model, decoder_name, call, args.calls)
-                    for name, steer in contenders.items():
-                        with steer(model):
-                            per_contender[name].append(time_calls(model, decoder_name, call, args.calls) - bare)
-                bare_us = 1e6 * bare
-            for name, added in per_contender.items():
-                spread = sorted(1e6 * a for a in added)
-                rows.append(
-                    (
-                        batch,
-                        phase,
-                        name,
-                        statistics.median(spread),
-                        spread[len(spread) // 4],
-                        spread[3 * len(spread) // 4],
-                        bare_us,
-                    )
-                )
+        step_mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], 1)
+        step, _ = record_calls(model, step_ids, step_mask, [decoder_name, *block_names], cache)
+        for n_blocks in args.blocks:
+            specs = [
+                SteeringSpec(layer=first + i, site="resid_post", vector=vectors[i], coeff=4.0) for i in range(n_blocks)
+            ]
+            ours = [name for name in OURS if name not in missing]
+            contenders = {name: (lambda m, name=name, specs=specs: backend(name).steer(m, specs)) for name in ours}
+            for peer in installed_peers():
+                contenders[peer] = lambda m, peer=peer, specs=specs: peer_steer(peer, m, specs)
+            for phase, recorded in (("prefill, 16 tokens", prefill), ("decoding step", step)):
+                added = time_contenders(model, decoder_name, block_names[:n_blocks], recorded, contenders, args)
+                for name, (median, low, high, bare) in added.items():
+                    rows.append((n_blocks, batch, phase, name, median, low, high, bare))
 
-    write(args, rows, missing, layer)
+    write(args, rows, missing, first)
 
 
-def write(args, rows, missing, layer) -> None:
+def time_contenders(model, decoder_name: str, block_names: list[str], recorded, contenders, args) -> dict:
+    """{contender: (median, lower quartile, upper quartile, bare)} in µs added per decoder call."""
+    per_contender = {name: [] for name in contenders}
+    with contextlib.ExitStack() as stack:
+        inner = []
+        for name in block_names:
+            block_args, block_kwargs, block_output = recorded[name]
+            stack.enter_context(replayed(get_module(model, name), block_output))
+            # Looked up at each call: a wrapper backend puts its own module at the block's name.
+            inner.append((lambda *a, name=name, **k: model.get_submodule(name)(*a, **k), block_args, block_kwargs))
+        stack.enter_context(replayed(get_module(model, decoder_name), recorded[decoder_name][2], inner))
+        call = recorded[decoder_name]
+        for _ in range(args.rounds):  # interleaved: bare, then each contender, every round
+            bare = time_calls(model, decoder_name, call, args.calls)
+            for name, steer in contenders.items():
+                with steer(model):
+                    per_contender[name].append(time_calls(model, decoder_name, call, args.calls) - bare)
+    result = {}
+    for name, added in per_contender.items():
+        spread = sorted(1e6 * a for a in added)
+        result[name] = (statistics.median(spread), spread[len(spread) // 4], spread[3 * len(spread) // 4], 1e6 * bare)
+    return result
+
+
+def write(args, rows, missing, first: int) -> None:
     import transformers
 
     versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
     versions += [f"{peer} {version(peer)}" for peer in installed_peers()]
     lines = [
-        f"# Work added per forward: {args.model}, steering the output of block {layer}",
+        f"# Work added per forward: {args.model}, steering the output of consecutive blocks from block {first}",
         "",
-        "Microseconds per forward pass that each implementation's interception adds (decoder call + "
-        "steered block call, with both modules' own computation replaced by a replay of their real "
+        "Microseconds per forward pass that each implementation's interception adds (one decoder call and "
+        "the steered blocks' calls, every module's own computation replaced by a replay of its real "
         f"result; steered minus bare). Median of {args.rounds} interleaved rounds of {args.calls} calls "
-        "(in brackets: the quartiles). `bare` is the two replayed calls with nothing attached.",
+        "(in brackets: the quartiles). `bare` is the same replayed calls with nothing attached.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); "
         f"{'; '.join(versions)}.",
         "",
-        "| batch | call | implementation | added µs per forward | quartiles | bare µs |",
-        "|---|---|---|---|---|---|",
+        "| blocks steered | batch | call | implementation | added µs per forward | quartiles | bare µs |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for batch, phase, name, median, low, high, bare in rows:
-        lines.append(f"| {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} |")
+    for n_blocks, batch, phase, name, median, low, high, bare in rows:
+        lines.append(
+            f"| {n_blocks} | {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} |"
+        )
     if missing:
         lines += ["", f"Not installed here, so not measured: {', '.join(missing)}."]
     args.out.mkdir(parents=True, exist_ok=True)

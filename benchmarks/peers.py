@@ -26,36 +26,41 @@ def installed_peers() -> list[str]:
     return [peer for peer, module in PEERS.items() if importlib.util.find_spec(module) is not None]
 
 
-def _block_and_vector(model: torch.nn.Module, specs: list[SteeringSpec]) -> tuple[int, torch.Tensor]:
-    """(block whose output is steered, coeff * vector) for one spec a peer can express."""
+def _vectors_by_block(model: torch.nn.Module, specs: list[SteeringSpec]) -> dict[int, torch.Tensor]:
+    """{block whose output is steered: coeff * vector}, for specs a peer can express: one [d_model]
+    vector per block, added at its output from position 0."""
     n_layers = model.config.num_hidden_layers
-    if len(specs) != 1:
-        raise ValueError(f"the peers are driven with exactly one spec here; got {len(specs)}")
-    spec = specs[0]
-    layer = spec.layer % n_layers
-    if spec.per_position or spec.start != 0 or spec.site not in ("resid_pre", "resid_post"):
-        raise ValueError(f"{spec!r}: a peer adds one [d_model] vector at a block output, from position 0")
-    block = layer if spec.site == "resid_post" else layer - 1
-    if block < 0:
-        raise ValueError("resid_pre of block 0 is no block's output; the peers cannot steer it")
-    return block, spec.coeff * spec.vector
+    if not specs:
+        raise ValueError("the peers are driven with at least one spec here; got none")
+    vectors = {}
+    for spec in specs:
+        layer = spec.layer % n_layers
+        if spec.per_position or spec.start != 0 or spec.site not in ("resid_pre", "resid_post"):
+            raise ValueError(f"{spec!r}: a peer adds one [d_model] vector at a block output, from position 0")
+        block = layer if spec.site == "resid_post" else layer - 1
+        if block < 0:
+            raise ValueError("resid_pre of block 0 is no block's output; the peers cannot steer it")
+        if block in vectors:
+            raise ValueError(f"two specs steer the output of block {block}; a peer takes one vector per block")
+        vectors[block] = spec.coeff * spec.vector
+    return vectors
 
 
 @contextlib.contextmanager
 def peer_steer(peer: str, model: torch.nn.Module, specs: list[SteeringSpec]) -> Iterator[torch.nn.Module]:
     """Steer ``model`` with ``specs`` through ``peer`` inside the block."""
-    block, vector = _block_and_vector(model, specs)
+    vectors = _vectors_by_block(model, specs)
     if peer == "steering-vectors":
         from steering_vectors import SteeringVector
 
-        with SteeringVector({block: vector}, layer_type="decoder_block").apply(model):
+        with SteeringVector(vectors, layer_type="decoder_block").apply(model):
             yield model
     elif peer == "repeng":
         from repeng import ControlModel
 
-        control = ControlModel(model, [block])  # swaps the block for its ControlModule until unwrap()
+        control = ControlModel(model, list(vectors))  # swaps each block for its ControlModule until unwrap()
         try:
-            control.set_raw_control({block: vector.to(model.dtype)})
+            control.set_raw_control({block: vector.to(model.dtype) for block, vector in vectors.items()})
             yield model
         finally:
             control.unwrap()

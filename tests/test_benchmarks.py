@@ -46,12 +46,14 @@ def test_tuned_lens_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch):
 
 
 def test_hook_work_benchmark_writes_its_table(tmp_path):
-    hook_work.main(["--model", "tiny-llama-random", "--calls", "5", "--rounds", "1", "--out", str(tmp_path)])
+    args = ["--model", "tiny-llama-random", "--blocks", "1", "2", "--calls", "5", "--rounds", "1"]
+    hook_work.main([*args, "--out", str(tmp_path)])
     table = (tmp_path / "hook_work.md").read_text()
-    for batch in (1, 8):
-        for call in ("prefill, 16 tokens", "decoding step"):
-            for name in ("pytorch_hooks", "custom_wrapper", "baukit_tracedict"):
-                assert f"| {batch} | {call} | {name} | " in table
+    for n_blocks in (1, 2):
+        for batch in (1, 8):
+            for call in ("prefill, 16 tokens", "decoding step"):
+                for name in ("pytorch_hooks", "custom_wrapper", "baukit_tracedict"):
+                    assert f"| {n_blocks} | {batch} | {call} | {name} | " in table
 
 
 def test_per_row_benchmark_writes_its_table(tmp_path):
