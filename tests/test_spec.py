@@ -56,6 +56,29 @@ def test_specs_on_one_site_sum_in_order():
     assert out[0, :, 0].tolist() == [4.5, 4.5] and out[0, :, 1:].eq(1).all()
 
 
+@pytest.mark.parametrize("n_specs", [1, 2], ids=["mask read once", "mask read at two sites"])
+def test_padding_is_never_steered_and_each_site_keeps_its_dtype(n_specs):
+    """From position 0 a spec adds through the call's real-token mask: an integer view of it when one
+    spec reads it, cast once to the activations' dtype when several do. Either way padding gets 0,
+    and a site in another dtype than the first gets its own dtype back, not a promotion."""
+    specs = [SteeringSpec(layer, "resid_post", one_hot(layer), coeff=2.0) for layer in range(n_specs)]
+    plan = SteeringPlan(specs, 2, D)
+    prompt = torch.tensor([[0, 1, 1], [1, 1, 1]])  # row 0 left-padded by one
+    step = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])  # a cached step whose new token is padding in row 0
+    for mask in (prompt, step):
+        n_new = 3 if mask is prompt else 1
+        kwargs = {"input_ids": torch.zeros(2, n_new, dtype=torch.long), "attention_mask": mask}
+        plan.begin_call((), kwargs)
+        try:
+            for layer, dtype in zip(range(n_specs), (torch.float32, torch.bfloat16), strict=False):
+                out = plan.steer(layer, "resid_post", torch.ones(2, n_new, D, dtype=dtype))
+                expected = torch.ones(2, n_new, D, dtype=dtype)
+                expected[:, :, layer] += 2.0 * mask[:, -n_new:]  # 3 at real tokens, 1 at the padding
+                assert out.dtype == dtype and torch.equal(out, expected)
+        finally:
+            plan.end_call(kwargs)
+
+
 def test_coeff_and_vector_scale_the_same_way():
     v, hidden, pos = torch.randn(D), torch.randn(2, 3, D), torch.tensor([[0, 1, 2]] * 2)
     assert torch.equal(
