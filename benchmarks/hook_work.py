@@ -5,10 +5,10 @@
 
 On a CPU a token costs tens of milliseconds and this work is invisible; on a GPU a small
 model's token costs a few milliseconds and the Python run per forward is what is left. To see
-it alone, the model is run once to record what its decoder and the steered block receive and
-return; then both modules' own ``forward`` is replaced by a replay of that result, and each
-implementation's hooks or wrappers are timed around the replay: decoder call + block call, steered
-minus bare (the same calls with nothing attached). The blocks are called from inside the
+it alone, the model is run once to record what its decoder and the steered blocks receive and
+return; then each of those modules' own ``forward`` is replaced by a replay of its result, and each
+implementation's hooks or wrappers are timed around the replay: the decoder call and its block calls,
+steered minus bare (the same calls with nothing attached). The blocks are called from inside the
 decoder's replayed call, as in a real forward, so per-call state set at the decoder's input is
 in force there. Steering adds ``coeff * v`` to the output of one block, and of eight
 consecutive blocks as a control vector does (our ``resid_post``; steering-vectors' and repeng's
@@ -141,14 +141,18 @@ def main(argv: list[str] | None = None) -> None:
             for peer in installed_peers():
                 contenders[peer] = lambda m, peer=peer, specs=specs: peer_steer(peer, m, specs)
             for phase, recorded in (("prefill, 16 tokens", prefill), ("decoding step", step)):
-                added = time_contenders(model, decoder_name, block_names[:n_blocks], recorded, contenders, args)
+                added = time_contenders(
+                    model, decoder_name, block_names[:n_blocks], recorded, contenders, args.rounds, args.calls
+                )
                 for name, (median, low, high, bare) in added.items():
                     rows.append((n_blocks, batch, phase, name, median, low, high, bare))
 
     write(args, rows, missing, first)
 
 
-def time_contenders(model, decoder_name: str, block_names: list[str], recorded, contenders, args) -> dict:
+def time_contenders(
+    model, decoder_name: str, block_names: list[str], recorded, contenders, rounds: int, calls: int
+) -> dict:
     """{contender: (median, lower quartile, upper quartile, bare)} in µs added per decoder call."""
     per_contender = {name: [] for name in contenders}
     with contextlib.ExitStack() as stack:
@@ -160,11 +164,11 @@ def time_contenders(model, decoder_name: str, block_names: list[str], recorded, 
             inner.append((lambda *a, name=name, **k: model.get_submodule(name)(*a, **k), block_args, block_kwargs))
         stack.enter_context(replayed(get_module(model, decoder_name), recorded[decoder_name][2], inner))
         call = recorded[decoder_name]
-        for _ in range(args.rounds):  # interleaved: bare, then each contender, every round
-            bare = time_calls(model, decoder_name, call, args.calls)
+        for _ in range(rounds):  # interleaved: bare, then each contender, every round
+            bare = time_calls(model, decoder_name, call, calls)
             for name, steer in contenders.items():
                 with steer(model):
-                    per_contender[name].append(time_calls(model, decoder_name, call, args.calls) - bare)
+                    per_contender[name].append(time_calls(model, decoder_name, call, calls) - bare)
     result = {}
     for name, added in per_contender.items():
         spread = sorted(1e6 * a for a in added)

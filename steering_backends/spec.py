@@ -308,7 +308,7 @@ class _Call:
     positions and the real-token mask are computed on first use, once per call.
     """
 
-    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "row_masks", "cast_mask", "_positions", "_real")
+    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "row_masks", "_positions", "_real")
 
     def __init__(
         self,
@@ -318,11 +318,9 @@ class _Call:
         n_past: int,
         device: torch.device,
         row_masks: dict[int, torch.Tensor],
-        cast_mask: bool,
     ) -> None:
         self.n_new, self.batch, self.mask, self.n_past, self.device = n_new, batch, mask, n_past, device
         self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
-        self.cast_mask = cast_mask  # real_as casts the mask to the activations' dtype at its first read
         self._positions: torch.Tensor | None = None
         self._real: torch.Tensor | None = None  # real_as's mask, where the last site that asked runs
 
@@ -340,9 +338,9 @@ class _Call:
                 self._positions = token_positions(self.n_new, self.batch, mask, self.n_past, self.device)
         return self._positions
 
-    def real_as(self, hidden: torch.Tensor) -> torch.Tensor | None:
+    def real_as(self, hidden: torch.Tensor, cast: bool) -> torch.Tensor | None:
         """[B, T, 1] 1 at real tokens, 0 at padding, on hidden's device; None when the call has no
-        mask: every token is real. In hidden's dtype when cast_mask (or the mask is bool, which
+        mask: every token is real. In hidden's dtype when ``cast`` (or the mask is bool, which
         torch.addcmul does not take), else in the mask's integer dtype, which addcmul casts as it reads.
 
         No host sync to ask whether all are real: that would stall an accelerator and break a
@@ -356,7 +354,7 @@ class _Call:
                 real = (self.positions >= 0)[..., None]
             else:  # the mask covers the cache too: its last n_new columns (a view; all of it in a prefill)
                 real = mask.unsqueeze(-1) if mask.shape[1] == self.n_new else mask[:, -self.n_new :, None]
-            real = self._real = real.to(hidden.dtype) if self.cast_mask or real.dtype == torch.bool else real
+            real = self._real = real.to(hidden.dtype) if cast or real.dtype == torch.bool else real
         if real.is_floating_point() and real.dtype != hidden.dtype:  # a block in another dtype than the last site's
             real = self._real = real.to(hidden.dtype)
         if real.device != hidden.device:  # a block on another device than the last site's
@@ -455,7 +453,7 @@ class SteeringPlan:
                 row_masks[id(spec)] = spec.row_mask(batch, device)
             except ValueError as err:
                 raise ValueError(f"specs[{i}]: {err}") from None
-        return _Call(n_new, batch, mask, n_past, device, row_masks, self._cast_mask)
+        return _Call(n_new, batch, mask, n_past, device, row_masks)
 
     def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Read a decoder call and make it the one in force in this context until the next
@@ -570,7 +568,7 @@ class SteeringPlan:
             if id(spec) not in self._at_every_token:
                 rows = call.row_masks.get(id(spec))
                 hidden = spec.apply(hidden, call.positions, addition, None if rows is None else rows.to(hidden.device))
-            elif (real := call.real_as(hidden)) is None:  # no mask: every token is real
+            elif (real := call.real_as(hidden, cast=self._cast_mask)) is None:  # no mask: every token is real
                 hidden = hidden + addition
             else:  # from position 0: exactly the real tokens, as apply() would, in one kernel
                 hidden = torch.addcmul(hidden, real, addition)
