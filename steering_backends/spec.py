@@ -302,25 +302,16 @@ def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
 
 
 class _Call:
-    """What one decoder call needs at its sites: token positions, real-token mask, row masks.
+    """What one decoder call needs at its sites: token positions and real-token mask.
 
     Made at the decoder's input and owned by that call alone (see SteeringPlan.record_call);
     positions and the real-token mask are computed on first use, once per call.
     """
 
-    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "row_masks", "_positions", "_real")
+    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "_positions", "_real")
 
-    def __init__(
-        self,
-        n_new: int,
-        batch: int,
-        mask: torch.Tensor | None,
-        n_past: int,
-        device: torch.device,
-        row_masks: dict[int, torch.Tensor],
-    ) -> None:
+    def __init__(self, n_new: int, batch: int, mask: torch.Tensor | None, n_past: int, device: torch.device) -> None:
         self.n_new, self.batch, self.mask, self.n_past, self.device = n_new, batch, mask, n_past, device
-        self.row_masks = row_masks  # id(spec) -> [B, 1, 1], for specs with rows
         self._positions: torch.Tensor | None = None
         self._real: torch.Tensor | None = None  # real_as's mask, where the last site that asked runs
 
@@ -432,6 +423,9 @@ class SteeringPlan:
         # use: once per steer block, not once per forward (the same for every call, so shared). A
         # vector that requires grad is scaled afresh each time, so each forward has its own graph to it.
         self._additions: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        # Each rows spec's [B, 1, 1] flags per (spec, batch size, device), made on first use: built from
+        # host data at every call they would be a copy to the device, and a wait for it, every forward.
+        self._row_masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         # The call in force in this context: (_Call, the autograd graph task it may run in, or
         # None for any). One ContextVar per plan, so nested steer blocks keep their own.
         self._current: ContextVar[tuple[_Call, int | None] | None] = ContextVar(f"steering_{id(self)}", default=None)
@@ -447,13 +441,12 @@ class SteeringPlan:
         batch, n_new, mask, n_past, device = _call_inputs(args, kwargs)
         if n_past == 0 and self._needs_length_check:
             self._check_prompt_length(n_new if mask is None else mask.sum(-1))
-        row_masks = {}
         for i, spec in self._row_specs:  # checked here, before any block runs
             try:
-                row_masks[id(spec)] = spec.row_mask(batch, device)
+                self._row_mask(spec, batch, device)
             except ValueError as err:
                 raise ValueError(f"specs[{i}]: {err}") from None
-        return _Call(n_new, batch, mask, n_past, device, row_masks)
+        return _Call(n_new, batch, mask, n_past, device)
 
     def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Read a decoder call and make it the one in force in this context until the next
@@ -560,14 +553,23 @@ class SteeringPlan:
             operand = self._additions[key] = spec.operand(hidden.dtype, hidden.device)
         return operand
 
+    def _row_mask(self, spec: SteeringSpec, batch: int, device: torch.device) -> torch.Tensor | None:
+        if torch.compiler.is_compiling():  # as in _operand: the traced graph makes its own
+            return spec.row_mask(batch, device)
+        key = (id(spec), batch, device)
+        rows = self._row_masks.get(key)
+        if rows is None:
+            rows = self._row_masks[key] = spec.row_mask(batch, device)
+        return rows
+
     def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] with every spec at (layer, site) applied, in the order given."""
         call = self._call()
         for spec in self.by_site.get((layer, site), ()):
             addition = self._operand(spec, hidden)
             if id(spec) not in self._at_every_token:
-                rows = call.row_masks.get(id(spec))
-                hidden = spec.apply(hidden, call.positions, addition, None if rows is None else rows.to(hidden.device))
+                rows = None if spec.rows is None else self._row_mask(spec, hidden.shape[0], hidden.device)
+                hidden = spec.apply(hidden, call.positions, addition, rows)
             elif (real := call.real_as(hidden, cast=self._cast_mask)) is None:  # no mask: every token is real
                 hidden = hidden + addition
             else:  # from position 0: exactly the real tokens, as apply() would, in one kernel

@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import BACKEND_PARAMS, IDS, TRANSFORMERS_4, vec
 from model_state import assert_unchanged, snapshot
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from steering_backends import SteeringSpec, backend
 from steering_backends.models import random_model
@@ -503,6 +504,78 @@ def test_a_static_cache_decodes_the_tokens_of_the_dynamic_one(model, name):
         assert unsteered.sequences.tolist() != static.sequences.tolist()
 
 
+# --- nothing an accelerator waits for -----------------------------------------------------------
+
+
+class DeviceWaits(TorchDispatchMode):
+    """Counts the ops run inside it that, with tensors on an accelerator, make the host wait for the
+    device: reading a value back (``.item()``, ``bool(t)``, ``int(t)``: aten._local_scalar_dense) and
+    building a tensor from Python data (``torch.tensor(...)``: aten.lift_fresh, then a blocking copy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.built = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        self.built += func is torch.ops.aten.lift_fresh.default
+        return func(*args, **(kwargs or {}))
+
+
+def waits_per_call(model, ids, mask) -> list[tuple[int, int]]:
+    """(reads, built) in a left-padded prefill and in the decoding step after it."""
+    counts = []
+    with torch.no_grad(), DeviceWaits() as waits:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), use_cache=True)
+    counts.append((waits.reads, waits.built))
+    step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    step = dict(attention_mask=step_mask, position_ids=hf_positions(step_mask)[:, -1:], use_cache=True)
+    next_ids = torch.full_like(ids[:, :1], 7)  # fixed, so steered and unsteered run the same step
+    with torch.no_grad(), DeviceWaits() as waits:
+        model(input_ids=next_ids, past_key_values=out.past_key_values, **step)
+    counts.append((waits.reads, waits.built))
+    return counts
+
+
+def every_kind_but_per_position() -> list[SteeringSpec]:
+    """From position 0 at two sites (the mask cast once), start > 0, rows, ablate, cap."""
+    return [
+        SteeringSpec(1, "resid_pre", 4 * vec(1)),
+        SteeringSpec(1, "attn_out", 4 * vec(2), start=2),
+        SteeringSpec(2, "mlp_out", 4 * vec(3), rows=(True, False, True)),
+        SteeringSpec(2, "resid_post", 4 * vec(4)),
+        SteeringSpec(3, "resid_pre", vec(5), op="ablate"),
+        SteeringSpec(3, "resid_post", vec(6), 0.5, op="cap"),
+    ]
+
+
+@pytest.mark.parametrize("name", params(HF_HOOKS))
+def test_steering_makes_the_host_wait_for_nothing(model, name):
+    """A left-padded prefill and a decoding step, steered by every kind of spec but an [n, d_model] vector:
+    the steered calls read back and build from Python data exactly what the unsteered model does (a
+    rows spec's flags are built at the first call of each batch size, then kept)."""
+    ids, mask = batch([6, 3, 5], 6, seed=11)
+    unsteered = waits_per_call(model, ids, mask)
+    with backend(name).steer(model, every_kind_but_per_position()):
+        first = waits_per_call(model, ids, mask)
+        steered = waits_per_call(model, ids, mask)
+    assert [reads for reads, _ in first] == [reads for reads, _ in unsteered]
+    assert first[0][1] > unsteered[0][1]  # the rows flags, built once: the counter sees what it must
+    assert steered == unsteered
+
+
+@pytest.mark.parametrize("name", params(HF_HOOKS))
+def test_an_n_by_d_model_vector_reads_back_one_number_per_prompt(model, name):
+    """The one exception: with an [n, d_model] vector, each prefill reads back the shortest prompt's
+    length, to refuse a prompt too short for it with a clear error; decoding steps read nothing."""
+    ids, mask = batch([6, 3, 5], 6, seed=11)
+    unsteered = waits_per_call(model, ids, mask)
+    with backend(name).steer(model, [SteeringSpec(2, "attn_out", 4 * torch.stack([vec(2), vec(3)]), start=1)]):
+        steered = waits_per_call(model, ids, mask)
+    assert [reads for reads, _ in steered] == [unsteered[0][0] + 1, unsteered[1][0]]
+    assert [built for _, built in steered] == [built for _, built in unsteered]
+
+
 def test_bias_editing_refuses_train_mode_with_dropout():
     """In train() mode GPT-2's dropout follows c_proj, so an edited bias would be dropped and
     rescaled where a hook adds after the dropout: refused, with the reason, and the model untouched."""
@@ -620,6 +693,27 @@ def test_transformer_lens_gradient_is_the_same_with_and_without_checkpointing(br
     for checkpointing, accumulate in ((False, True), (True, False), (True, True)):
         gap = (gradient(checkpointing, accumulate) - reference).abs().max() / reference.abs().max()
         assert gap <= 1e-5, f"checkpointing={checkpointing}, accumulate={accumulate}: relative gap {gap:.2e}"
+
+
+def prefill_waits(run) -> tuple[int, int]:
+    """(reads, built) of DeviceWaits while ``run()`` runs."""
+    with torch.no_grad(), DeviceWaits() as waits:
+        run()
+    return waits.reads, waits.built
+
+
+@pytest.mark.parametrize("which", ["transformer_lens_hooks", "nnsight_trace"])
+def test_lens_and_nnsight_make_the_host_wait_for_nothing(request, model, which):
+    """As for the HF backends: a steered left-padded prefill (after the first) reads back and builds
+    from Python data exactly what the unsteered one does."""
+    wrapped = request.getfixturevalue("bridge" if which == "transformer_lens_hooks" else "lm")
+    logits = lens_logits if which == "transformer_lens_hooks" else nnsight_logits
+    ids, mask = batch([6, 3, 5], 6, seed=11)
+    unsteered = prefill_waits(lambda: logits(wrapped, ids, mask))
+    with backend(which).steer(wrapped, every_kind_but_per_position()):
+        prefill_waits(lambda: logits(wrapped, ids, mask))
+        steered = prefill_waits(lambda: logits(wrapped, ids, mask))
+    assert steered == unsteered
 
 
 def test_nnsight_refuses_gradient_checkpointing(lm):
