@@ -18,6 +18,10 @@ one decoding step after it, batch 1 and 8; in the batch of 8, seven rows are lef
 tokens (ours skip the padding there, the peers add to it too: they do a little less work for a
 different result).
 
+Each implementation's steered call is also run once under a dispatch mode that counts the tensor
+operations it adds: views, reads of a value back to the host (which wait for an accelerator), and
+the rest, which compute. These counts do not depend on the machine.
+
 Writes benchmarks/results/hook_work.md. Peers that are not installed are left out, with a note.
 """
 
@@ -33,6 +37,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.peers import PEERS, installed_peers, peer_steer
 from steering_backends import SteeringSpec, backend
@@ -87,6 +92,35 @@ def replayed(module: torch.nn.Module, output, inner=()):
         yield
     finally:
         del module.forward
+
+
+class CountedOps(TorchDispatchMode):
+    """Counts the aten operations run inside it: views, reads back to the host (``.item()``,
+    ``bool(t)``: _local_scalar_dense), and the rest, which compute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.computing = self.views = self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        elif func.is_view:
+            self.views += 1
+        else:
+            self.computing += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(model, decoder_name: str, call) -> tuple[int, int, int]:
+    """(computing, views, reads) in one decoder call, after one call to fill whatever is made once."""
+    decoder = model.get_submodule(decoder_name)
+    args, kwargs, _ = call
+    with torch.no_grad():
+        decoder(*args, **kwargs)
+        with CountedOps() as counted:
+            decoder(*args, **kwargs)
+    return counted.computing, counted.views, counted.reads
 
 
 def time_calls(model, decoder_name: str, call, n: int) -> float:
@@ -144,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                 added = time_contenders(
                     model, decoder_name, block_names[:n_blocks], recorded, contenders, args.rounds, args.calls
                 )
-                for name, (median, low, high, bare) in added.items():
-                    rows.append((n_blocks, batch, phase, name, median, low, high, bare))
+                for name, (median, low, high, bare, ops) in added.items():
+                    rows.append((n_blocks, batch, phase, name, median, low, high, bare, ops))
 
     write(args, rows, missing, first)
 
@@ -153,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
 def time_contenders(
     model, decoder_name: str, block_names: list[str], recorded, contenders, rounds: int, calls: int
 ) -> dict:
-    """{contender: (median, lower quartile, upper quartile, bare)} in µs added per decoder call."""
+    """{contender: (median, lower quartile, upper quartile, bare, ops)}: µs added per decoder call, and
+    count_ops' (computing, views, reads) that the contender adds to it."""
     per_contender = {name: [] for name in contenders}
     with contextlib.ExitStack() as stack:
         inner = []
@@ -169,10 +204,16 @@ def time_contenders(
             for name, steer in contenders.items():
                 with steer(model):
                     per_contender[name].append(time_calls(model, decoder_name, call, calls) - bare)
+        bare_ops = count_ops(model, decoder_name, call)
+        ops = {}
+        for name, steer in contenders.items():
+            with steer(model):
+                ops[name] = tuple(n - b for n, b in zip(count_ops(model, decoder_name, call), bare_ops, strict=True))
     result = {}
     for name, added in per_contender.items():
         spread = sorted(1e6 * a for a in added)
-        result[name] = (statistics.median(spread), spread[len(spread) // 4], spread[3 * len(spread) // 4], 1e6 * bare)
+        quartiles = spread[len(spread) // 4], spread[3 * len(spread) // 4]
+        result[name] = (statistics.median(spread), *quartiles, 1e6 * bare, ops[name])
     return result
 
 
@@ -192,12 +233,18 @@ def write(args, rows, missing, first: int) -> None:
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); "
         f"{'; '.join(versions)}.",
         "",
-        "| blocks steered | batch | call | implementation | added µs per forward | quartiles | bare µs |",
-        "|---|---|---|---|---|---|---|",
+        "The last three columns count the tensor operations each adds to one forward (the replay itself "
+        "runs none): those that compute, views, and reads of a value back to the host, each of which "
+        "waits for an accelerator to finish the work queued before it.",
+        "",
+        "| blocks steered | batch | call | implementation | added µs per forward | quartiles | bare µs "
+        "| ops computing | views | host reads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n_blocks, batch, phase, name, median, low, high, bare in rows:
+    for n_blocks, batch, phase, name, median, low, high, bare, (computing, views, reads) in rows:
         lines.append(
-            f"| {n_blocks} | {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} |"
+            f"| {n_blocks} | {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} "
+            f"| {computing} | {views} | {reads} |"
         )
     if missing:
         lines += ["", f"Not installed here, so not measured: {', '.join(missing)}."]

@@ -53,7 +53,11 @@ def test_hook_work_benchmark_writes_its_table(tmp_path):
         for batch in (1, 8):
             for call in ("prefill, 16 tokens", "decoding step"):
                 for name in ("pytorch_hooks", "custom_wrapper", "baukit_tracedict"):
-                    assert f"| {n_blocks} | {batch} | {call} | {name} | " in table
+                    counts = r" \| (\d+) \| \d+ \| (\d+) \|$"
+                    row = re.search(rf"^\| {n_blocks} \| {batch} \| {call} \| {name} \| .*{counts}", table, re.M)
+                    assert row, (n_blocks, batch, call, name)
+                    # One addcmul per steered block (and one cast of the mask read by two); nothing read back.
+                    assert row.groups() == (str(n_blocks + (n_blocks > 1)), "0"), row[0]
 
 
 def test_per_row_benchmark_writes_its_table(tmp_path):
