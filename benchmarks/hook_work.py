@@ -20,9 +20,10 @@ different result).
 
 Each implementation's steered call is also run once under a dispatch mode that counts the tensor
 operations it adds: views, reads of a value back to the host (which wait for an accelerator), and
-the rest, which compute. These counts do not depend on the machine.
+the rest, which compute. These counts do not depend on the machine (``--ops-only``: count, do not time).
 
-Writes benchmarks/results/hook_work.md. Peers that are not installed are left out, with a note.
+Writes benchmarks/results/hook_work.md (the times) and hook_ops.md (the counts). Peers that are not
+installed are left out, with a note.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[1, 8], help="how many consecutive blocks to steer")
     parser.add_argument("--calls", type=int, default=2000, help="decoder calls per timing")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median is reported")
+    parser.add_argument("--ops-only", action="store_true", help="count the operations; time nothing")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     if importlib.util.find_spec("baukit") is None:
         missing.append("baukit_tracedict")
 
-    rows = []
+    rows, op_rows = [], []
     for batch in (1, 8):
         ids = torch.randint(100, 1000, (batch, 16))
         mask = torch.ones_like(ids)
@@ -175,21 +177,23 @@ def main(argv: list[str] | None = None) -> None:
             for peer in installed_peers():
                 contenders[peer] = lambda m, peer=peer, specs=specs: peer_steer(peer, m, specs)
             for phase, recorded in (("prefill, 16 tokens", prefill), ("decoding step", step)):
-                added = time_contenders(
-                    model, decoder_name, block_names[:n_blocks], recorded, contenders, args.rounds, args.calls
-                )
-                for name, (median, low, high, bare, ops) in added.items():
-                    rows.append((n_blocks, batch, phase, name, median, low, high, bare, ops))
+                with replaying(model, decoder_name, block_names[:n_blocks], recorded) as call:
+                    for name, ops in count_contenders(model, decoder_name, call, contenders).items():
+                        op_rows.append((n_blocks, batch, phase, name, *ops))
+                    if args.ops_only:
+                        continue
+                    added = time_contenders(model, decoder_name, call, contenders, args.rounds, args.calls)
+                for name, (median, low, high, bare) in added.items():
+                    rows.append((n_blocks, batch, phase, name, median, low, high, bare))
 
-    write(args, rows, missing, first)
+    if not args.ops_only:
+        write(args, rows, missing, first)
+    write_ops(args, op_rows, missing, first)
 
 
-def time_contenders(
-    model, decoder_name: str, block_names: list[str], recorded, contenders, rounds: int, calls: int
-) -> dict:
-    """{contender: (median, lower quartile, upper quartile, bare, ops)}: µs added per decoder call, and
-    count_ops' (computing, views, reads) that the contender adds to it."""
-    per_contender = {name: [] for name in contenders}
+@contextlib.contextmanager
+def replaying(model, decoder_name: str, block_names: list[str], recorded):
+    """The decoder and the blocks replay ``recorded``, the decoder calling the blocks; yields the decoder's call."""
     with contextlib.ExitStack() as stack:
         inner = []
         for name in block_names:
@@ -198,30 +202,42 @@ def time_contenders(
             # Looked up at each call: a wrapper backend puts its own module at the block's name.
             inner.append((lambda *a, name=name, **k: model.get_submodule(name)(*a, **k), block_args, block_kwargs))
         stack.enter_context(replayed(get_module(model, decoder_name), recorded[decoder_name][2], inner))
-        call = recorded[decoder_name]
-        for _ in range(rounds):  # interleaved: bare, then each contender, every round
-            bare = time_calls(model, decoder_name, call, calls)
-            for name, steer in contenders.items():
-                with steer(model):
-                    per_contender[name].append(time_calls(model, decoder_name, call, calls) - bare)
-        bare_ops = count_ops(model, decoder_name, call)
-        ops = {}
+        yield recorded[decoder_name]
+
+
+def time_contenders(model, decoder_name: str, call, contenders, rounds: int, calls: int) -> dict:
+    """{contender: (median, lower quartile, upper quartile, bare)} in µs added per decoder call."""
+    per_contender = {name: [] for name in contenders}
+    for _ in range(rounds):  # interleaved: bare, then each contender, every round
+        bare = time_calls(model, decoder_name, call, calls)
         for name, steer in contenders.items():
             with steer(model):
-                ops[name] = tuple(n - b for n, b in zip(count_ops(model, decoder_name, call), bare_ops, strict=True))
+                per_contender[name].append(time_calls(model, decoder_name, call, calls) - bare)
     result = {}
     for name, added in per_contender.items():
         spread = sorted(1e6 * a for a in added)
-        quartiles = spread[len(spread) // 4], spread[3 * len(spread) // 4]
-        result[name] = (statistics.median(spread), *quartiles, 1e6 * bare, ops[name])
+        result[name] = (statistics.median(spread), spread[len(spread) // 4], spread[3 * len(spread) // 4], 1e6 * bare)
     return result
 
 
-def write(args, rows, missing, first: int) -> None:
+def count_contenders(model, decoder_name: str, call, contenders) -> dict:
+    """{contender: (computing, views, reads)} that it adds to one decoder call."""
+    bare = count_ops(model, decoder_name, call)
+    added = {}
+    for name, steer in contenders.items():
+        with steer(model):
+            added[name] = tuple(n - b for n, b in zip(count_ops(model, decoder_name, call), bare, strict=True))
+    return added
+
+
+def versions() -> str:
     import transformers
 
-    versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
-    versions += [f"{peer} {version(peer)}" for peer in installed_peers()]
+    names = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    return "; ".join(names + [f"{peer} {version(peer)}" for peer in installed_peers()])
+
+
+def write(args, rows, missing, first: int) -> None:
     lines = [
         f"# Work added per forward: {args.model}, steering the output of consecutive blocks from block {first}",
         "",
@@ -230,26 +246,42 @@ def write(args, rows, missing, first: int) -> None:
         f"result; steered minus bare). Median of {args.rounds} interleaved rounds of {args.calls} calls "
         "(in brackets: the quartiles). `bare` is the same replayed calls with nothing attached.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); "
-        f"{'; '.join(versions)}.",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); {versions()}.",
         "",
-        "The last three columns count the tensor operations each adds to one forward (the replay itself "
-        "runs none): those that compute, views, and reads of a value back to the host, each of which "
-        "waits for an accelerator to finish the work queued before it.",
-        "",
-        "| blocks steered | batch | call | implementation | added µs per forward | quartiles | bare µs "
-        "| ops computing | views | host reads |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| blocks steered | batch | call | implementation | added µs per forward | quartiles | bare µs |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n_blocks, batch, phase, name, median, low, high, bare, (computing, views, reads) in rows:
+    for n_blocks, batch, phase, name, median, low, high, bare in rows:
         lines.append(
-            f"| {n_blocks} | {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} "
-            f"| {computing} | {views} | {reads} |"
+            f"| {n_blocks} | {batch} | {phase} | {name} | {median:.1f} | {low:.1f} – {high:.1f} | {bare:.1f} |"
         )
+    save(args, "hook_work.md", lines, missing)
+
+
+def write_ops(args, rows, missing, first: int) -> None:
+    lines = [
+        f"# Operations added per forward: {args.model}, steering the output of consecutive blocks from block {first}",
+        "",
+        "The tensor operations each implementation's interception adds to one forward pass, in the replay "
+        "of [hook_work.md](hook_work.md) (which itself runs none), counted by a dispatch mode at the second "
+        "steered call: those that compute, views, and reads of a value back to the host, each of which "
+        "waits for an accelerator to finish the work queued before it. The counts do not depend on the machine.",
+        "",
+        f"{versions()}.",
+        "",
+        "| blocks steered | batch | call | implementation | ops computing | views | host reads |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n_blocks, batch, phase, name, computing, views, reads in rows:
+        lines.append(f"| {n_blocks} | {batch} | {phase} | {name} | {computing} | {views} | {reads} |")
+    save(args, "hook_ops.md", lines, missing)
+
+
+def save(args, filename: str, lines: list[str], missing: list[str]) -> None:
     if missing:
         lines += ["", f"Not installed here, so not measured: {', '.join(missing)}."]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hook_work.md").write_text("\n".join(lines) + "\n")
+    (args.out / filename).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

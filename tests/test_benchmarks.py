@@ -45,19 +45,27 @@ def test_tuned_lens_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-def test_hook_work_benchmark_writes_its_table(tmp_path):
+def test_hook_work_benchmark_writes_its_tables(tmp_path):
     args = ["--model", "tiny-llama-random", "--blocks", "1", "2", "--calls", "5", "--rounds", "1"]
     hook_work.main([*args, "--out", str(tmp_path)])
-    table = (tmp_path / "hook_work.md").read_text()
+    times, ops = (tmp_path / "hook_work.md").read_text(), (tmp_path / "hook_ops.md").read_text()
     for n_blocks in (1, 2):
         for batch in (1, 8):
             for call in ("prefill, 16 tokens", "decoding step"):
                 for name in ("pytorch_hooks", "custom_wrapper", "baukit_tracedict"):
-                    counts = r" \| (\d+) \| \d+ \| (\d+) \|$"
-                    row = re.search(rf"^\| {n_blocks} \| {batch} \| {call} \| {name} \| .*{counts}", table, re.M)
+                    assert f"| {n_blocks} | {batch} | {call} | {name} | " in times
+                    row = re.search(
+                        rf"^\| {n_blocks} \| {batch} \| {call} \| {name} \| (\d+) \| \d+ \| (\d+) \|$", ops, re.M
+                    )
                     assert row, (n_blocks, batch, call, name)
                     # One addcmul per steered block (and one cast of the mask read by two); nothing read back.
                     assert row.groups() == (str(n_blocks + (n_blocks > 1)), "0"), row[0]
+
+
+def test_hook_work_benchmark_counts_without_timing(tmp_path):
+    hook_work.main(["--model", "tiny-llama-random", "--blocks", "1", "--ops-only", "--out", str(tmp_path)])
+    assert not (tmp_path / "hook_work.md").exists()
+    assert "| 1 | 8 | decoding step | pytorch_hooks | 1 | 2 | 0 |" in (tmp_path / "hook_ops.md").read_text()
 
 
 def test_per_row_benchmark_writes_its_table(tmp_path):
