@@ -522,18 +522,25 @@ class DeviceWaits(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def waits(run) -> tuple[int, int]:
+    """(reads, built) of DeviceWaits while ``run()`` runs, without grad."""
+    with torch.no_grad(), DeviceWaits() as counted:
+        run()
+    return counted.reads, counted.built
+
+
 def waits_per_call(model, ids, mask) -> list[tuple[int, int]]:
     """(reads, built) in a left-padded prefill and in the decoding step after it."""
-    counts = []
-    with torch.no_grad(), DeviceWaits() as waits:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), use_cache=True)
-    counts.append((waits.reads, waits.built))
+    prefill = {}
+
+    def run_prefill():
+        prefill["out"] = model(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), use_cache=True)
+
+    counts = [waits(run_prefill)]
     step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     step = dict(attention_mask=step_mask, position_ids=hf_positions(step_mask)[:, -1:], use_cache=True)
     next_ids = torch.full_like(ids[:, :1], 7)  # fixed, so steered and unsteered run the same step
-    with torch.no_grad(), DeviceWaits() as waits:
-        model(input_ids=next_ids, past_key_values=out.past_key_values, **step)
-    counts.append((waits.reads, waits.built))
+    counts.append(waits(lambda: model(input_ids=next_ids, past_key_values=prefill["out"].past_key_values, **step)))
     return counts
 
 
@@ -695,13 +702,6 @@ def test_transformer_lens_gradient_is_the_same_with_and_without_checkpointing(br
         assert gap <= 1e-5, f"checkpointing={checkpointing}, accumulate={accumulate}: relative gap {gap:.2e}"
 
 
-def prefill_waits(run) -> tuple[int, int]:
-    """(reads, built) of DeviceWaits while ``run()`` runs."""
-    with torch.no_grad(), DeviceWaits() as waits:
-        run()
-    return waits.reads, waits.built
-
-
 @pytest.mark.parametrize("which", ["transformer_lens_hooks", "nnsight_trace"])
 def test_lens_and_nnsight_make_the_host_wait_for_nothing(request, model, which):
     """As for the HF backends: a steered left-padded prefill (after the first) reads back and builds
@@ -709,10 +709,10 @@ def test_lens_and_nnsight_make_the_host_wait_for_nothing(request, model, which):
     wrapped = request.getfixturevalue("bridge" if which == "transformer_lens_hooks" else "lm")
     logits = lens_logits if which == "transformer_lens_hooks" else nnsight_logits
     ids, mask = batch([6, 3, 5], 6, seed=11)
-    unsteered = prefill_waits(lambda: logits(wrapped, ids, mask))
+    unsteered = waits(lambda: logits(wrapped, ids, mask))
     with backend(which).steer(wrapped, every_kind_but_per_position()):
-        prefill_waits(lambda: logits(wrapped, ids, mask))
-        steered = prefill_waits(lambda: logits(wrapped, ids, mask))
+        waits(lambda: logits(wrapped, ids, mask))
+        steered = waits(lambda: logits(wrapped, ids, mask))
     assert steered == unsteered
 
 
