@@ -345,9 +345,10 @@ class _Call:
                 real = (self.positions >= 0)[..., None]
             else:  # the mask covers the cache too: its last n_new columns (a view; all of it in a prefill)
                 real = mask.unsqueeze(-1) if mask.shape[1] == self.n_new else mask[:, -self.n_new :, None]
-            real = self._real = real.to(hidden.dtype) if cast or real.dtype == torch.bool else real
+            # dtype= by keyword: Tensor.to parses a positional argument as a device first (0.6 µs more per cast).
+            real = self._real = real.to(dtype=hidden.dtype) if cast or real.dtype == torch.bool else real
         if real.is_floating_point() and real.dtype != hidden.dtype:  # a block in another dtype than the last site's
-            real = self._real = real.to(hidden.dtype)
+            real = self._real = real.to(dtype=hidden.dtype)
         if real.device != hidden.device:  # a block on another device than the last site's
             real = self._real = real.to(hidden.device)
         return real
