@@ -2,6 +2,7 @@
 
     python -m benchmarks.compiled_static                     # SmolLM2, 32 new tokens, inductor
     python -m benchmarks.compiled_static --model tiny-llama-random --new-tokens 4 --repeats 1 --backend eager
+    python -m benchmarks.compiled_static --device cuda
 
 transformers' recipe for a fast decode: ``model.forward = torch.compile(model.forward)`` and
 ``generate(cache_implementation="static")``, so that every decoding step has the same shapes. Hook
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.hook_work import device_name, wait_for
 from benchmarks.overhead import SENTENCES, _one_spec, environment
 from steering_backends import backend
 from steering_backends.models import load
@@ -39,13 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="inductor", help="torch.compile's backend")
     parser.add_argument("--steering", nargs="+", default=BACKENDS, choices=BACKENDS, help="steering backends")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, ...")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     torch._dynamo.config.skip_nnmodule_hook_guards = False  # before compiling: hooks added later recompile
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, device=args.device)
     spec = _one_spec(model, tokenizer)
-    ids = tokenizer(SENTENCES[0], return_tensors="pt").input_ids
+    ids = tokenizer(SENTENCES[0], return_tensors="pt").input_ids.to(args.device)
     decode = dict(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, cache_implementation="static")
 
     def generate() -> torch.Tensor:
@@ -98,7 +101,7 @@ def markdown(rows: list[dict], eager_seconds: float, args: argparse.Namespace, p
     lines = [
         f"# A compiled model with a static cache, steered: {args.model}",
         "",
-        f"Machine: {environment()}.",
+        f"Machine: {environment()}; the model runs on {device_name(args.device)}.",
         f"`model.forward = torch.compile(model.forward, backend={args.backend!r}, dynamic=False)`, hook guards on;",
         f'greedy `generate(cache_implementation="static")`, batch 1, {prompt_len}-token prompt, {args.new_tokens} new '
         f"tokens; medians of {args.repeats} calls. Steered: one spec, {spec.site} of block {spec.layer}.",
@@ -124,8 +127,10 @@ def markdown(rows: list[dict], eager_seconds: float, args: argparse.Namespace, p
 
 
 def timed(fn) -> tuple[float, object]:
+    """(seconds, result) of fn(), the clock stopped once the device has finished its work."""
     started = time.perf_counter()
     result = fn()
+    wait_for(result.device)
     return time.perf_counter() - started, result
 
 

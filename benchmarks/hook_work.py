@@ -2,6 +2,7 @@
 
     python -m benchmarks.hook_work                       # SmolLM2, needs steering-vectors and repeng
     python -m benchmarks.hook_work --model tiny-llama-random --blocks 1 2 --calls 200 --rounds 5
+    python -m benchmarks.hook_work --device cuda               # where the work matters: an accelerator
 
 On a CPU a token costs tens of milliseconds and this work is invisible; on a GPU a small
 model's token costs a few milliseconds and the Python run per forward is what is left. To see
@@ -125,14 +126,24 @@ def count_ops(model, decoder_name: str, call) -> tuple[int, int, int]:
 
 
 def time_calls(model, decoder_name: str, call, n: int) -> float:
-    """Seconds per decoder call (whose replay calls the block), whatever module now sits there."""
+    """Seconds per decoder call (whose replay calls the block), whatever module now sits there. On an
+    accelerator the clock stops when the device has run every kernel the calls launched."""
     decoder = model.get_submodule(decoder_name)
     args, kwargs, _ = call
+    device = next(model.parameters()).device
+    wait_for(device)
     started = time.perf_counter()
     with torch.no_grad():
         for _ in range(n):
             decoder(*args, **kwargs)
+    wait_for(device)
     return (time.perf_counter() - started) / n
+
+
+def wait_for(device: torch.device) -> None:
+    """Until ``device`` has finished the work queued on it; nothing to wait for on a CPU."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,11 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=2000, help="decoder calls per timing")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds; the median is reported")
     parser.add_argument("--ops-only", action="store_true", help="count the operations; time nothing")
+    parser.add_argument("--device", default="cpu", help="where the model and the steering run: cpu, cuda, ...")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
     model = random_model(args.model) if args.model in RANDOM_CONFIGS else load(args.model)[0]
+    model = model.to(args.device)
     layout = layout_of(model)
     n_layers, d_model = dims(model)
     first = n_layers // 3
@@ -154,19 +167,19 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--blocks {max(args.blocks)} from block {first} needs more than this model's {n_layers}")
     decoder_name = layout.decoder
     block_names = [site_module_name(layout, layer, "resid_post") for layer in range(first, first + max(args.blocks))]
-    vectors = torch.randn(len(block_names), d_model)
+    vectors = torch.randn(len(block_names), d_model, device=args.device)
     missing = [peer for peer in PEERS if peer not in installed_peers()]
     if importlib.util.find_spec("baukit") is None:
         missing.append("baukit_tracedict")
 
     rows, op_rows = [], []
     for batch in (1, 8):
-        ids = torch.randint(100, 1000, (batch, 16))
+        ids = torch.randint(100, 1000, (batch, 16), device=args.device)
         mask = torch.ones_like(ids)
         mask[1:, :3] = 0  # rows after the first are left-padded by 3
         prefill, cache = record_calls(model, ids, mask, [decoder_name, *block_names])
-        step_ids = torch.randint(100, 1000, (batch, 1))
-        step_mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], 1)
+        step_ids = torch.randint(100, 1000, (batch, 1), device=args.device)
+        step_mask = torch.cat([mask, torch.ones_like(step_ids)], 1)
         step, _ = record_calls(model, step_ids, step_mask, [decoder_name, *block_names], cache)
         for n_blocks in args.blocks:
             specs = [
@@ -230,6 +243,16 @@ def count_contenders(model, decoder_name: str, call, contenders) -> dict:
     return added
 
 
+def machine(device: str) -> str:
+    host = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
+    return host if device == "cpu" else f"{device_name(device)}, driven from {host}"
+
+
+def device_name(device: str) -> str:
+    """``device`` as a reader knows it: a GPU by its name."""
+    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else device
+
+
 def versions() -> str:
     import transformers
 
@@ -246,7 +269,7 @@ def write(args, rows, missing, first: int) -> None:
         f"result; steered minus bare). Median of {args.rounds} interleaved rounds of {args.calls} calls "
         "(in brackets: the quartiles). `bare` is the same replayed calls with nothing attached.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s); {versions()}.",
+        f"Machine: {machine(args.device)}; {versions()}.",
         "",
         "| blocks steered | batch | call | implementation | added µs per forward | quartiles | bare µs |",
         "|---|---|---|---|---|---|---|",

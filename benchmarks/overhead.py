@@ -93,7 +93,8 @@ def paired(run_a, run_b, repeats: int) -> tuple[float, float, float]:
 def _one_spec(model, tokenizer) -> SteeringSpec:
     """One resid_pre addition at the middle block, as large as a typical token's residual."""
     n_layers, d_model = dims(model)
-    scale = residual_rms(model, *left_pad(tokenizer, SENTENCES[:4])) / 4
+    device = next(model.parameters()).device
+    scale = residual_rms(model, *(t.to(device) for t in left_pad(tokenizer, SENTENCES[:4]))) / 4
     vector = scale * torch.randn(d_model, generator=torch.Generator().manual_seed(0))
     return SteeringSpec(n_layers // 2, "resid_pre", vector, 4.0)
 
