@@ -227,8 +227,8 @@ def token_positions(
     return torch.where(real, counted, -1)
 
 
-def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.Tensor | None, int, torch.device]:
-    """(batch, n_new, attention_mask, n_past, device) from a HF decoder call (GPT2Model, LlamaModel...)."""
+def _read_call(args: tuple, kwargs: dict[str, Any]) -> _Call:
+    """What steering needs of a HF decoder call (GPT2Model, LlamaModel...): its shape and the tokens' padding."""
     if len(args) > 1:
         raise TypeError("steering needs the decoder's attention_mask and past_key_values as keyword arguments")
     ids = args[0] if args else kwargs.get("input_ids")
@@ -237,18 +237,21 @@ def _call_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, torch.T
         raise ValueError("the decoder call has neither input_ids nor inputs_embeds")
     batch, n_new = tokens.shape[0], tokens.shape[1]
     mask = kwargs.get("attention_mask")
+    if isinstance(mask, dict):  # one 4-D mask per attention type (Gemma 2 and 3 with a static cache)
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
     if mask is not None:
         if mask.ndim == 4 and mask.shape[2] == n_new:  # [B, 1, T, keys], a static cache's: see _Call
-            return batch, n_new, mask, -1, tokens.device
+            return _Call(n_new, batch, mask, -1, tokens.device, kwargs.get("position_ids"))
         if mask.ndim != 2:
             raise ValueError(
                 f"steering needs a 2-D attention_mask [batch, seq] or a 4-D one [batch, 1, {n_new}, keys]; "
                 f"got shape {tuple(mask.shape)}"
             )
-        return batch, n_new, mask, mask.shape[1] - n_new, tokens.device
+        return _Call(n_new, batch, mask, mask.shape[1] - n_new, tokens.device)
     cache = kwargs.get("past_key_values")
+    # A static cache counts its tokens in a tensor: read only where a number is needed (see _new_call).
     n_past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-    return batch, n_new, None, n_past, tokens.device
+    return _Call(n_new, batch, None, n_past, tokens.device)
 
 
 UNGUARDED_COMPILE = (
@@ -308,10 +311,19 @@ class _Call:
     positions and the real-token mask are computed on first use, once per call.
     """
 
-    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "_positions", "_real")
+    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "position_ids", "_positions", "_real")
 
-    def __init__(self, n_new: int, batch: int, mask: torch.Tensor | None, n_past: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        n_new: int,
+        batch: int,
+        mask: torch.Tensor | None,
+        n_past: int | torch.Tensor,
+        device: torch.device,
+        position_ids: torch.Tensor | None = None,
+    ) -> None:
         self.n_new, self.batch, self.mask, self.n_past, self.device = n_new, batch, mask, n_past, device
+        self.position_ids = position_ids  # read only with a 4-D mask
         self._positions: torch.Tensor | None = None
         self._real: torch.Tensor | None = None  # real_as's mask, where the last site that asked runs
 
@@ -322,9 +334,15 @@ class _Call:
             mask = self.mask
             if mask is not None and mask.ndim == 4:
                 # A static cache's mask says which keys each token attends (bool True, or 0.0 in a float
-                # mask): with left padding that is every real token up to and including itself.
+                # mask). With left padding a padding token attends nothing, and a real one every real token
+                # up to itself, or, under a sliding window, the last `window` of them. So the count gives the
+                # position only without a window; generate's position_ids give it either way.
                 attended = (mask if mask.dtype == torch.bool else mask == 0)[:, 0].sum(-1)  # [B, T]
-                self._positions = attended - 1  # a left-padding token attends nothing: -1
+                given = self.position_ids
+                if given is not None and given.shape == (self.batch, self.n_new):
+                    self._positions = torch.where(attended > 0, given, -1)
+                else:
+                    self._positions = attended - 1
             else:
                 self._positions = token_positions(self.n_new, self.batch, mask, self.n_past, self.device)
         return self._positions
@@ -439,15 +457,15 @@ class SteeringPlan:
         return sorted(self.by_site, key=lambda key: (key[0], SITES.index(key[1])))
 
     def _new_call(self, args: tuple, kwargs: dict[str, Any]) -> _Call:
-        batch, n_new, mask, n_past, device = _call_inputs(args, kwargs)
-        if n_past == 0 and self._needs_length_check:
-            self._check_prompt_length(n_new if mask is None else mask.sum(-1))
+        call = _read_call(args, kwargs)
+        if self._needs_length_check and call.n_past == 0:  # in this order: a static cache's n_past is a tensor
+            self._check_prompt_length(call.n_new if call.mask is None else call.mask.sum(-1))
         for i, spec in self._row_specs:  # checked here, before any block runs
             try:
-                self._row_mask(spec, batch, device)
+                self._row_mask(spec, call.batch, call.device)
             except ValueError as err:
                 raise ValueError(f"specs[{i}]: {err}") from None
-        return _Call(n_new, batch, mask, n_past, device)
+        return call
 
     def record_call(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """Read a decoder call and make it the one in force in this context until the next

@@ -504,6 +504,40 @@ def test_a_static_cache_decodes_the_tokens_of_the_dynamic_one(model, name):
         assert unsteered.sequences.tolist() != static.sequences.tolist()
 
 
+def windowed(arch: str):
+    """A tiny model whose decoder gets more than a plain causal mask from a static cache: Gemma 3, one
+    4-D mask per attention type (a dict); Mistral with a sliding window of 4 keys, shorter than the
+    prompts (its mask and attention read the window from the config at each call)."""
+    model = random_model(arch)
+    if arch == "tiny-mistral-random":
+        model.config.sliding_window = 4
+    return model
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3-random", "tiny-mistral-random"])
+@pytest.mark.parametrize("name", params(HF_HOOKS))
+def test_a_static_cache_decodes_the_dynamic_ones_tokens_past_a_sliding_window(name, arch):
+    """Under a sliding window a token attends only its last few keys, so counting them does not give its
+    position; generate's position_ids do. Left-padded prompts, start=6 and an [n, d_model] vector from
+    position 5, all past Mistral's window of 4: the static cache decodes the dynamic cache's 6 tokens
+    with the same step scores (within 1e-5; measured: at most 1.5e-7, largest score 0.74), and steered (by 1.0-1.2)."""
+    model = windowed(arch)
+    ids, mask = batch([9, 7], 9, seed=13)
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    kwargs |= dict(output_logits=True, return_dict_in_generate=True)
+    specs = [
+        SteeringSpec(2, "resid_post", 8 * vec(1), start=6),
+        SteeringSpec(1, "attn_out", 8 * torch.stack([vec(2), vec(3)]), start=5),
+    ]
+    with backend(name).steer(model, specs):
+        dynamic = model.generate(ids, **kwargs)
+        static = model.generate(ids, cache_implementation="static", **kwargs)
+    assert static.sequences.tolist() == dynamic.sequences.tolist()
+    assert torch.allclose(torch.stack(static.logits), torch.stack(dynamic.logits), atol=1e-5, rtol=0)
+    unsteered = model.generate(ids, cache_implementation="static", **kwargs)
+    assert not torch.allclose(torch.stack(unsteered.logits), torch.stack(static.logits), atol=1e-2)
+
+
 # --- nothing an accelerator waits for -----------------------------------------------------------
 
 
@@ -581,6 +615,26 @@ def test_an_n_by_d_model_vector_reads_back_one_number_per_prompt(model, name):
         steered = waits_per_call(model, ids, mask)
     assert [reads for reads, _ in steered] == [unsteered[0][0] + 1, unsteered[1][0]]
     assert [built for _, built in steered] == [built for _, built in unsteered]
+
+
+@pytest.mark.parametrize("name", params(HF_HOOKS))
+def test_a_static_cache_without_a_mask_makes_the_host_wait_for_nothing(model, name):
+    """Called directly with a StaticCache and no attention_mask, the decoder learns its past length from
+    the cache, which counts it in a tensor: steering reads it only where it must (a prefill with an
+    [n, d_model] vector), so a spec from position 2 reads back nothing the unsteered model does not."""
+    from transformers import StaticCache
+
+    ids = torch.tensor([[11, 12, 13, 14, 15, 16]])
+
+    def step_waits():
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return waits(lambda: model(input_ids=torch.tensor([[7]]), past_key_values=cache, use_cache=True))
+
+    unsteered = step_waits()
+    with backend(name).steer(model, [SteeringSpec(1, "resid_post", 4 * vec(1), start=2)]):
+        assert step_waits() == unsteered
 
 
 def test_bias_editing_refuses_train_mode_with_dropout():
