@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from baukit import TraceDict
 
-from .layout import Layout, dims, get_module, layout_of, site_module_name, sublayer_scale
+from .layout import Layout, dims, get_module, layout_of, modules_along, site_module_name, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
@@ -49,14 +49,18 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     layout = layout_of(model)
     plan = SteeringPlan(specs, *dims(model), hooks=True, sublayer_scale=sublayer_scale(model))
     decoder = get_module(model, layout.decoder)
-    refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
     # Module name -> the (layer, site)s its output carries. plan.sites is in forward order, so
     # resid_post of block L is added before resid_pre of block L + 1, as in every other backend.
+    names = [_traced_module(model, layout, layer, site) for layer, site in plan.sites]
+    # Compiled before the block, the model or any module around a hooked one would ignore our hooks.
+    refuse_unguarded_compile(*modules_along(model, [layout.decoder, *names]))
+    # TraceDict finds a module by the name model.named_modules() gives it, which is longer where the module
+    # sits inside a wrapper (torch.compile's, or another backend's): looked up by identity. A bad name
+    # fails here, before TraceDict hooks anything.
+    listed = {id(module): name for name, module in model.named_modules()}
     edits: dict[str, list[tuple[int, str]]] = {}
-    for layer, site in plan.sites:
-        name = _traced_module(model, layout, layer, site)
-        get_module(model, name)  # TraceDict would leave earlier hooks behind on a bad name
-        edits.setdefault(name, []).append((layer, site))
+    for name, (layer, site) in zip(names, plan.sites, strict=True):
+        edits.setdefault(listed[id(get_module(model, name))], []).append((layer, site))
 
     # Where block 0's input is the token embedding's output (Llama), a call with inputs_embeds
     # never runs that module: resid_pre of block 0 is then steered on inputs_embeds itself.

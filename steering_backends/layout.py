@@ -9,6 +9,7 @@ here instead of branching on the architecture itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 
@@ -148,6 +149,19 @@ def get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
         return model.get_submodule(name)
     except AttributeError as err:
         raise ValueError(f"{type(model).__name__} has no submodule {name!r}") from err
+
+
+def modules_along(model: torch.nn.Module, names: Iterable[str]) -> list[torch.nn.Module]:
+    """``model`` and every module on the way down to each dotted name, each once: what must not have
+    been compiled without hook guards for a hook on those modules to run."""
+    found = {"": model}
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):
+            path = ".".join(parts[:depth])
+            if path not in found:
+                found[path] = get_module(model, path)
+    return list(found.values())
 
 
 def site_module_name(layout: Layout, layer: int, site: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from .layout import dims, get_module, layout_of, site_module_name, sublayer_scale
+from .layout import dims, get_module, layout_of, modules_along, site_module_name, sublayer_scale
 from .spec import SteeringPlan, SteeringSpec, refuse_unguarded_compile
 
 __all__ = ["steer"]
@@ -32,8 +32,10 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     layout = layout_of(model)
     plan = SteeringPlan(specs, *dims(model), hooks=True, sublayer_scale=sublayer_scale(model))
     decoder = get_module(model, layout.decoder)
-    refuse_unguarded_compile(model, decoder)  # a model compiled before the block would ignore our hooks
-    targets = [(get_module(model, site_module_name(layout, layer, site)), layer, site) for layer, site in plan.sites]
+    names = [site_module_name(layout, layer, site) for layer, site in plan.sites]
+    # Compiled before the block, the model or any module around a hooked one would ignore our hooks.
+    refuse_unguarded_compile(*modules_along(model, [layout.decoder, *names]))
+    targets = [(get_module(model, name), layer, site) for name, (layer, site) in zip(names, plan.sites, strict=True)]
 
     with contextlib.ExitStack() as stack:
         # Registration happens inside the ExitStack: a failure halfway still removes the first hooks.

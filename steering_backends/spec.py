@@ -296,6 +296,7 @@ def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
     for module in modules:
         compiled = (
             module in _compile_wrapped  # torch.compile(module)
+            or "_orig_mod" in module._modules  # that wrapper itself, put in the model in the module's place
             or getattr(module, "_compiled_call_impl", None) is not None  # module.compile()
             or hasattr(module.__dict__.get("forward"), "_torchdynamo_orig_callable")  # forward = torch.compile(forward)
             or module.__dict__.get("_compiled_call") is not None  # transformers' generate, static cache on a GPU

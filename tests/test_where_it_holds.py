@@ -347,6 +347,55 @@ def test_a_model_compiled_without_a_wrapper_is_refused_or_steered(fresh_dynamo, 
     assert torch.equal(model.generate(ids, **decode), unsteered)
 
 
+def _compile_each_block(model):
+    for block in model.model.layers:
+        block.compile(backend="eager")
+
+
+def _wrap_each_block(model):
+    layers = model.model.layers
+    for i, block in enumerate(layers):
+        layers[i] = torch.compile(block, backend="eager")
+
+
+# Regional compilation, PyTorch's recipe for a shorter compile: the blocks, not the model.
+REGIONAL = {"block.compile()": _compile_each_block, "layers[i] = torch.compile(block)": _wrap_each_block}
+
+
+@pytest.mark.parametrize("guards", [False, True], ids=["hook guards off", "hook guards on"])
+@pytest.mark.parametrize("how", REGIONAL)
+@pytest.mark.parametrize("name", [name for name in ("pytorch_hooks", "baukit_tracedict") if name in COMPILED])
+def test_blocks_compiled_one_by_one_are_refused_or_steered(fresh_dynamo, monkeypatch, name, how, guards):
+    """Each decoder block compiled before the steer block. Measured with hook guards off and no refusal:
+    the hook on the MLP inside a compiled block never ran (logits exactly the unsteered). Now entering
+    the block is refused with the fix; with hook guards on, the model is steered inside (within 1e-5
+    of eager) and unsteered after."""
+    from torch._dynamo.utils import counters
+
+    if why := unavailable(name):
+        pytest.skip(why)
+    monkeypatch.setattr(fresh_dynamo.config, "skip_nnmodule_hook_guards", not guards)
+    model = random_model("tiny-llama-random")
+    ids, mask = batch([6, 4], 6, seed=5)
+    steer, specs = backend(name).steer, [SteeringSpec(1, "mlp_out", 8 * vec(3)), SteeringSpec(2, "resid_post", vec(4))]
+    unsteered = hf_logits(model, ids, mask)
+    with steer(model, specs):
+        steered = hf_logits(model, ids, mask)
+    assert not torch.allclose(steered, unsteered, atol=1e-3)  # the check can fail
+    REGIONAL[how](model)
+    graphs = counters["stats"]["unique_graphs"]
+    assert torch.allclose(hf_logits(model, ids, mask), unsteered, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] > graphs  # it compiled
+    if not guards:
+        with pytest.raises(RuntimeError, match="skip_nnmodule_hook_guards = False"):
+            with steer(model, specs):
+                pass
+        return
+    with steer(model, specs):
+        assert torch.allclose(hf_logits(model, ids, mask), steered, atol=1e-5)
+    assert torch.allclose(hf_logits(model, ids, mask), unsteered, atol=1e-5)
+
+
 # --- blocks left out of order --------------------------------------------------------------------
 
 
