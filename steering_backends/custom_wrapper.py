@@ -86,14 +86,23 @@ def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.M
 
 def _unwrap(model: torch.nn.Module, name: str, ours: _Wrapper) -> None:
     """Take ``ours`` out of the chain of wrappers at ``name``, wherever it is: a block entered
-    later (nested) may have wrapped it, and may still be active when this block is left."""
+    later (nested) may have wrapped it, and may still be active when this block is left.
+
+    Hooks put on ``ours`` while it was in the model (by a hook backend's block entered inside this
+    one, or by the caller) would leave the model with it: RuntimeError, once ``ours`` is out."""
     outer = _swap(model, name, ours.inner)  # what is at name now
-    if outer is ours:
-        return
-    _swap(model, name, outer)  # ours is deeper: put the chain back and unlink ours from it
-    while outer.inner is not ours:
-        outer = outer.inner
-    outer.inner = ours.inner
+    if outer is not ours:
+        _swap(model, name, outer)  # ours is deeper: put the chain back and unlink ours from it
+        while outer.inner is not ours:
+            outer = outer.inner
+        outer.inner = ours.inner
+    if ours._forward_pre_hooks or ours._forward_hooks or ours._backward_pre_hooks or ours._backward_hooks:
+        raise RuntimeError(
+            f"custom_wrapper's steer block was left while hooks sat on the wrapper it had put at {name!r} (a "
+            "hook backend's steer block entered inside it and still active, or a hook registered inside it); "
+            "they have left the model with the wrapper. Leave steer blocks in the reverse order of entering "
+            "them, and remove hooks added inside a block before leaving it"
+        )
 
 
 @contextlib.contextmanager

@@ -434,6 +434,42 @@ def test_blocks_left_out_of_order_keep_the_remaining_steering_exact(model, name)
     assert not torch.equal(b_alone, unsteered)
 
 
+MIXED = [pytest.param(a, b, id=f"{a}, then {b}") for a in HF_BACKENDS for b in HF_BACKENDS if a != b]
+
+
+@pytest.mark.parametrize(("a_name", "b_name"), MIXED)
+def test_blocks_of_two_backends_left_out_of_order(model, a_name, b_name):
+    """Enter A's block, then B's (another backend), leave A first: what is left steers exactly as B alone
+    (bias editing within 1e-6) -- except where B's hooks sit on the wrappers custom_wrapper put in the
+    model, which leave with them: there leaving A raises, naming the order. Measured before it raised:
+    B's hooks silently gone (B's MLP steering undone, or every call refused as outside a decoder call).
+    Once B is left too, the model is bitwise as before either way."""
+    if why := unavailable(a_name) or unavailable(b_name):
+        pytest.skip(why)
+    ids, mask = batch([6, 4], 6, seed=6)
+    b = [SteeringSpec(2, "attn_out", 4 * vec(7)), SteeringSpec(1, "mlp_out", 4 * vec(8))]
+    before = snapshot(model)
+    with backend(b_name).steer(model, b):
+        b_alone = hf_logits(model, ids, mask)
+    outer, inner = backend(a_name).steer(model, specs_for(a_name)), backend(b_name).steer(model, b)
+    outer.__enter__()
+    inner.__enter__()
+    if a_name == "custom_wrapper" and b_name in ("pytorch_hooks", "baukit_tracedict"):
+        with pytest.raises(RuntimeError, match="reverse order of entering"):
+            outer.__exit__(None, None, None)
+    else:
+        outer.__exit__(None, None, None)
+        only_b = hf_logits(model, ids, mask)
+        assert (
+            torch.allclose(only_b, b_alone, atol=1e-6, rtol=0)
+            if "bias_editing" in (a_name, b_name)
+            else torch.equal(only_b, b_alone)
+        )
+    inner.__exit__(None, None, None)
+    assert_unchanged(before, model)
+    assert not torch.equal(b_alone, hf_logits(model, ids, mask))  # B steers: the check can fail
+
+
 def test_weight_orthogonalisation_blocks_left_out_of_order(model):
     """Enter A, enter B, leave A first, with ablations that share the embedding (tied to lm_head on GPT-2)
     and one output projection: what is left removes B's directions alone, bitwise, lm_head still reads the
