@@ -67,6 +67,8 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
     embeds_skip_it = (0, "resid_pre") in plan.by_site and get_module(
         model, layout.embed_out
     ) is model.get_input_embeddings()
+    # ...and the caller may run that module to make inputs_embeds, outside any decoder call: left as it is there.
+    embed_name = listed[id(get_module(model, layout.embed_out))] if embeds_skip_it else None
 
     def begin_call(m, args, kwargs):
         plan.begin_call(args, kwargs)
@@ -74,6 +76,8 @@ def steer(model: torch.nn.Module, specs: Iterable[SteeringSpec]) -> Iterator[tor
             kwargs["inputs_embeds"] = plan.steer(0, "resid_pre", kwargs["inputs_embeds"])
 
     def edit_output(output, layer: str):
+        if layer == embed_name and not plan.in_call():
+            return output
         for block, site in edits[layer]:  # baukit calls the module name "layer"
             output = plan.steer_output(block, site, output)
         return output

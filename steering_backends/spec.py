@@ -498,6 +498,10 @@ class SteeringPlan:
             return None
         return self._current.set((call, torch._C._current_graph_task_id()))
 
+    def in_call(self) -> bool:
+        """Whether a decoder call of the steered model is in force here, as steer() would find it."""
+        return self._current.get() is not None or (torch.compiler.is_compiling() and self._traced is not None)
+
     def _call(self) -> _Call:
         """The call in force here, or RuntimeError: never another call's."""
         current = self._current.get()

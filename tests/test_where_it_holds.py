@@ -495,9 +495,11 @@ def test_weight_orthogonalisation_blocks_left_out_of_order(model):
 
 @pytest.mark.parametrize("name", params(HF_BACKENDS))
 def test_inputs_embeds_are_steered_as_input_ids_are(model, name):
-    """The same call made with inputs_embeds (the token embeddings of the ids) is steered at every
-    site, resid_pre of block 0 included, exactly as with input_ids. (Bias editing on Llama cannot
-    take resid_pre of block 0 at all, with ids or embeddings: rotary models have no position table.)"""
+    """The same call made with inputs_embeds (the token embeddings of the ids), made before the block or
+    inside it, is steered at every site, resid_pre of block 0 included, exactly as with input_ids.
+    (baukit steers that site at the embedding module's output on Llama: run by the caller outside a
+    decoder call, it raised as if a block had been called directly. Bias editing on Llama cannot take
+    resid_pre of block 0 at all, with ids or embeddings: rotary models have no position table.)"""
     ids, mask = batch([6, 4], 6, seed=7)
     if name != "bias_editing":
         specs = [SteeringSpec(0, "resid_pre", 4 * vec(9), start=1), *position_dependent()]
@@ -505,11 +507,12 @@ def test_inputs_embeds_are_steered_as_input_ids_are(model, name):
         specs = [SteeringSpec(0, "resid_pre", 4 * vec(9)), *position_free()]
     else:
         specs = position_free()
-    embeds = model.get_input_embeddings()(ids)
+    made_before = model.get_input_embeddings()(ids)
     with backend(name).steer(model, specs):
         with_ids = hf_logits(model, ids, mask)
-        with_embeds = model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf_positions(mask)).logits
-    assert torch.equal(with_embeds, with_ids)
+        for embeds in (made_before, model.get_input_embeddings()(ids)):
+            with_embeds = model(inputs_embeds=embeds, attention_mask=mask, position_ids=hf_positions(mask)).logits
+            assert torch.equal(with_embeds, with_ids)
     assert not torch.equal(with_ids, hf_logits(model, ids, mask))
 
 
