@@ -549,6 +549,31 @@ def test_output_hidden_states_show_what_the_docs_say(model, name):
     assert not torch.allclose(reference[2], unsteered[2], atol=1e-3)  # the check can fail
 
 
+@pytest.mark.parametrize("arch", TINY)
+def test_hidden_states_first_asked_inside_a_hook_block_are_steered_there(arch):
+    """transformers 5 installs its capture hooks at the first call that asks for hidden states. Asked first
+    inside a pytorch_hooks block, they come after the steering hooks: there hidden_states[2] is block 1's
+    output with its resid_post addition (as bias editing records it, within 1e-4 of the scale); in a later
+    block they come first, and it is the unsteered output again. (transformers 4.57's Llama records it
+    unsteered either way: measured, bitwise.)"""
+    model = random_model(arch)
+    if TRANSFORMERS_4:
+        pytest.skip("transformers 5's capture hooks; in 4.57 GPT-2 collects hidden states in its loop")
+    ids, mask = batch([6, 4], 6, seed=8)
+    specs = [SteeringSpec(1, "resid_post", 4 * vec(10))]
+    with backend("pytorch_hooks").steer(model, specs):
+        first = hidden_states(model, ids, mask)
+    unsteered = hidden_states(model, ids, mask)
+    with backend("pytorch_hooks").steer(model, specs):
+        later = hidden_states(model, ids, mask)
+    with backend("bias_editing").steer(model, specs):
+        reference = hidden_states(model, ids, mask)
+    scale = max(h.abs().max() for h in reference)
+    assert (first[2] - reference[2])[mask.bool()].abs().max() <= 1e-4 * scale
+    assert torch.equal(later[2], unsteered[2])
+    assert not torch.allclose(first[2], unsteered[2], atol=1e-3)  # the check can fail
+
+
 def test_weight_orthogonalisation_hidden_states_show_the_ablated_stream(model):
     """The weights themselves write the ablated stream, so every block's hidden_states entry is what hook
     ablation at the same sites gives (within 1e-4 of the scale, the backend's parity tolerance), and entry 0
