@@ -305,6 +305,16 @@ def refuse_unguarded_compile(*modules: torch.nn.Module) -> None:
             raise RuntimeError(UNGUARDED_COMPILE.format(what=f"{type(module).__name__} unsteered"))
 
 
+def _last_columns(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """mask [B, keys] -> mask[:, -n:, None] [B, n, 1]: the same view, made by one operation where
+    the indexing makes two (on a CPU, one to two microseconds less at every decoding step)."""
+    if torch.compiler.is_compiling():  # dynamo breaks the graph at storage_offset(); in a graph the two are one
+        return mask[:, -n:, None]
+    rows, columns = mask.stride()
+    offset = mask.storage_offset() + (mask.shape[1] - n) * columns
+    return mask.as_strided((mask.shape[0], n, 1), (rows, columns, 1), offset)
+
+
 class _Call:
     """What one decoder call needs at its sites: token positions and real-token mask.
 
@@ -362,8 +372,10 @@ class _Call:
                 return None
             if mask.ndim == 4:
                 real = (self.positions >= 0)[..., None]
-            else:  # the mask covers the cache too: its last n_new columns (a view; all of it in a prefill)
-                real = mask.unsqueeze(-1) if mask.shape[1] == self.n_new else mask[:, -self.n_new :, None]
+            elif mask.shape[1] == self.n_new:  # a prefill: the mask is the call's own
+                real = mask.unsqueeze(-1)
+            else:  # the mask covers the cache too: its last n_new columns
+                real = _last_columns(mask, self.n_new)
             # dtype= by keyword: Tensor.to parses a positional argument as a device first (0.6 µs more per cast).
             real = self._real = real.to(dtype=hidden.dtype) if cast or real.dtype == torch.bool else real
         if real.is_floating_point() and real.dtype != hidden.dtype:  # a block in another dtype than the last site's

@@ -65,8 +65,14 @@ def test_padding_is_never_steered_and_each_site_keeps_its_dtype(n_specs):
     plan = SteeringPlan(specs, 2, D)
     prompt = torch.tensor([[0, 1, 1], [1, 1, 1]])  # row 0 left-padded by one
     step = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])  # a cached step whose new token is padding in row 0
-    for mask in (prompt, step):
-        n_new = 3 if mask is prompt else 1
+    calls = [
+        (prompt, 3),
+        (step, 1),
+        (step, 2),  # a second chunk of a prefill
+        (torch.tensor([[9, 0, 1, 1, 0], [9, 1, 1, 1, 1]])[:, 1:], 1),  # a view into a wider tensor
+        (step.T.contiguous().T, 2),  # column-major
+    ]
+    for mask, n_new in calls:
         kwargs = {"input_ids": torch.zeros(2, n_new, dtype=torch.long), "attention_mask": mask}
         plan.begin_call((), kwargs)
         try:
