@@ -8,8 +8,10 @@ hold somewhere is shown refusing with a clear error, never silently wrong.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -1097,3 +1099,13 @@ def test_nnsight_inputs_embeds_static_cache_and_hidden_states(model, lm):
     scale, real = max(h.abs().max() for h in reference), mask.bool()
     assert all((g - r)[real].abs().max() <= 1e-4 * scale for g, r in zip(got, reference, strict=True))
     assert not torch.allclose(got[2][real], unsteered[2][real], atol=1e-3)
+
+
+def test_the_page_names_every_test_here_and_only_these():
+    """docs/where_it_holds.md cites a test for each cell: each name it cites is defined in this file,
+    and each test defined here is cited there, so the table cannot point at a renamed or missing test."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "where_it_holds.md").read_text()
+    cited = set(re.findall(r"`(test_\w+)`", page))
+    defined = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.MULTILINE))
+    assert cited - defined == set(), "cited on the page, not defined here"
+    assert defined - cited == set(), "defined here, not cited on the page"
