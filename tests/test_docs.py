@@ -61,7 +61,7 @@ def site(tmp_path_factory) -> Path:
 def server(site: Path):
     """An HTTP server on 127.0.0.1 serving the built site; its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(site))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = _QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -69,6 +69,13 @@ def server(site: Path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # The browser hung up before a reply was written (a favicon it asked for as the page closed).
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

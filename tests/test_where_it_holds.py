@@ -398,16 +398,15 @@ def test_blocks_compiled_one_by_one_are_refused_or_steered(fresh_dynamo, monkeyp
     assert torch.allclose(hf_logits(model, ids, mask), unsteered, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [name for name in HF_HOOKS if name in COMPILED])
-def test_a_compiled_decode_of_padded_prompts_has_one_graph_per_shape(fresh_dynamo, monkeypatch, name):
+def test_a_compiled_decode_of_padded_prompts_has_one_graph_per_shape(fresh_dynamo, monkeypatch):
     """forward = torch.compile(forward), a left-padded batch decoded with the dynamic cache, where the
     2-D mask covers the cache and its last columns are read at every step: eager's steered tokens,
     no graph break, and a second generate compiles nothing new. (Reading the mask's storage_offset()
-    to make that view measured 8 graph breaks here.)"""
+    to make that view measured 8 graph breaks here.) On pytorch_hooks: the view is spec.py's, the
+    same under every hook backend."""
     from torch._dynamo.utils import counters
 
-    if why := unavailable(name):
-        pytest.skip(why)
+    name = "pytorch_hooks"
     monkeypatch.setattr(fresh_dynamo.config, "skip_nnmodule_hook_guards", False)
     model = random_model("tiny-llama-random")
     ids, mask = batch([6, 4], 6, seed=5)
@@ -417,13 +416,14 @@ def test_a_compiled_decode_of_padded_prompts_has_one_graph_per_shape(fresh_dynam
     with backend(name).steer(model, specs):
         eager = model.generate(ids, **decode)
     assert not torch.equal(eager, unsteered)  # the check can fail
+    breaks = counters["graph_break"].copy()  # counted per process, over every test it ran
     model.forward = torch.compile(model.forward, backend="eager")
     with backend(name).steer(model, specs):
         assert torch.equal(model.generate(ids, **decode), eager)
         graphs = counters["stats"]["unique_graphs"]
         assert torch.equal(model.generate(ids, **decode), eager)
     assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
-    assert not counters["graph_break"]
+    assert counters["graph_break"] == breaks
 
 
 # --- blocks left out of order --------------------------------------------------------------------
