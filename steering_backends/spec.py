@@ -322,7 +322,7 @@ class _Call:
     positions and the real-token mask are computed on first use, once per call.
     """
 
-    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "position_ids", "_positions", "_real")
+    __slots__ = ("n_new", "batch", "mask", "n_past", "device", "position_ids", "_positions", "_real", "_real_for")
 
     def __init__(
         self,
@@ -336,7 +336,8 @@ class _Call:
         self.n_new, self.batch, self.mask, self.n_past, self.device = n_new, batch, mask, n_past, device
         self.position_ids = position_ids  # read only with a 4-D mask
         self._positions: torch.Tensor | None = None
-        self._real: torch.Tensor | None = None  # real_as's mask, where the last site that asked runs
+        self._real: torch.Tensor | None = None  # real_as's mask, for the last site that asked:
+        self._real_for: tuple[torch.dtype, torch.device] | None = None  # its activations' dtype and device
 
     @property
     def positions(self) -> torch.Tensor:
@@ -358,31 +359,31 @@ class _Call:
                 self._positions = token_positions(self.n_new, self.batch, mask, self.n_past, self.device)
         return self._positions
 
-    def real_as(self, hidden: torch.Tensor, cast: bool) -> torch.Tensor | None:
-        """[B, T, 1] 1 at real tokens, 0 at padding, on hidden's device; None when the call has no
-        mask: every token is real. In hidden's dtype when ``cast`` (or the mask is bool, which
-        torch.addcmul does not take), else in the mask's integer dtype, which addcmul casts as it reads.
+    def real_as(self, dtype: torch.dtype, device: torch.device, cast: bool) -> torch.Tensor | None:
+        """[B, T, 1] 1 at real tokens, 0 at padding, on the activations' ``device``; None when the call
+        has no mask: every token is real. In the activations' ``dtype`` when ``cast`` (or the mask is
+        bool, which torch.addcmul does not take, or floating point), else in the mask's integer dtype,
+        which addcmul casts as it reads. Made once per call, and again only for a site in another dtype
+        or on another device than the last site that asked.
 
         No host sync to ask whether all are real: that would stall an accelerator and break a
         torch.compile graph at every call."""
-        real = self._real
-        if real is None:
-            mask = self.mask
-            if mask is None:
-                return None
-            if mask.ndim == 4:
-                real = (self.positions >= 0)[..., None]
-            elif mask.shape[1] == self.n_new:  # a prefill: the mask is the call's own
-                real = mask.unsqueeze(-1)
-            else:  # the mask covers the cache too: its last n_new columns
-                real = _last_columns(mask, self.n_new)
+        if self._real_for == (dtype, device):
+            return self._real
+        mask = self.mask
+        if mask is None:
+            return None
+        if mask.ndim == 4:
+            real = (self.positions >= 0)[..., None]
+        elif mask.shape[1] == self.n_new:  # a prefill: the mask is the call's own
+            real = mask.unsqueeze(-1)
+        else:  # the mask covers the cache too: its last n_new columns
+            real = _last_columns(mask, self.n_new)
+        if cast or real.dtype == torch.bool or real.is_floating_point():
             # dtype= by keyword: Tensor.to parses a positional argument as a device first (0.6 µs more per cast).
-            real = self._real = real.to(dtype=hidden.dtype) if cast or real.dtype == torch.bool else real
-        if real.is_floating_point() and real.dtype != hidden.dtype:  # a block in another dtype than the last site's
-            real = self._real = real.to(dtype=hidden.dtype)
-        if real.device != hidden.device:  # a block on another device than the last site's
-            real = self._real = real.to(hidden.device)
-        return real
+            real = real.to(dtype=dtype)
+        self._real, self._real_for = real.to(device), (dtype, device)
+        return self._real
 
 
 class SteeringPlan:
@@ -578,15 +579,15 @@ class SteeringPlan:
                     "(with a chunked prefill, the first chunk is checked: make it at least that long)"
                 )
 
-    def _operand(self, spec: SteeringSpec, hidden: torch.Tensor) -> torch.Tensor:
+    def _operand(self, spec: SteeringSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         # A vector that requires grad needs its own graph each forward. A traced call computes it inside the
         # compiled graph: filling the cache there would change what the next call's guards see, and recompile.
         if spec.vector.requires_grad or torch.compiler.is_compiling():
-            return spec.operand(hidden.dtype, hidden.device)
-        key = (id(spec), hidden.dtype, hidden.device)  # plan.specs keeps every spec, so ids stay unique
+            return spec.operand(dtype, device)
+        key = (id(spec), dtype, device)  # plan.specs keeps every spec, so ids stay unique
         operand = self._additions.get(key)
         if operand is None:
-            operand = self._additions[key] = spec.operand(hidden.dtype, hidden.device)
+            operand = self._additions[key] = spec.operand(dtype, device)
         return operand
 
     def _row_mask(self, spec: SteeringSpec, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -601,12 +602,13 @@ class SteeringPlan:
     def steer(self, layer: int, site: str, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] with every spec at (layer, site) applied, in the order given."""
         call = self._call()
+        dtype, device = hidden.dtype, hidden.device  # read once per site: .device makes a new object per read
         for spec in self.by_site.get((layer, site), ()):
-            addition = self._operand(spec, hidden)
+            addition = self._operand(spec, dtype, device)
             if id(spec) not in self._at_every_token:
-                rows = None if spec.rows is None else self._row_mask(spec, hidden.shape[0], hidden.device)
+                rows = None if spec.rows is None else self._row_mask(spec, hidden.shape[0], device)
                 hidden = spec.apply(hidden, call.positions, addition, rows)
-            elif (real := call.real_as(hidden, cast=self._cast_mask)) is None:  # no mask: every token is real
+            elif (real := call.real_as(dtype, device, cast=self._cast_mask)) is None:  # no mask: every token is real
                 hidden = hidden + addition
             else:  # from position 0: exactly the real tokens, as apply() would, in one kernel
                 hidden = torch.addcmul(hidden, real, addition)
