@@ -382,8 +382,10 @@ class _Call:
         if cast or real.dtype == torch.bool or real.is_floating_point():
             # dtype= by keyword: Tensor.to parses a positional argument as a device first (0.6 µs more per cast).
             real = real.to(dtype=dtype)
-        self._real, self._real_for = real.to(device), (dtype, device)
-        return self._real
+        if real.device != device:  # a model dispatched over several devices
+            real = real.to(device)
+        self._real, self._real_for = real, (dtype, device)
+        return real
 
 
 class SteeringPlan:
